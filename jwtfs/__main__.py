@@ -1,0 +1,3 @@
+from jwtfs.cli import run
+
+run()

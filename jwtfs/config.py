@@ -1,0 +1,215 @@
+"""Where a vault keeps its files, and its settings, read from TOML.
+
+Layout (XDG base directories):
+
+    $XDG_CONFIG_HOME/jwtfs/config.toml     settings (this module)
+    $XDG_CONFIG_HOME/jwtfs/master.key      32-byte master key, mode 0600
+    $XDG_CONFIG_HOME/jwtfs/signing.key     Ed25519 private key (PEM), mode 0600
+    $XDG_CONFIG_HOME/jwtfs/signing.pub     its public key, used to verify tokens
+    $XDG_DATA_HOME/jwtfs/                  index.sqlite3, store/, staging/
+    $XDG_RUNTIME_DIR/jwtfs/                one file per running mount
+
+Every problem is a ``ConfigError`` whose message names the file, the key and
+the fix, so the CLI can print it as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jwtfs.errors import ConfigError
+
+CONFIG_NAME = "config.toml"
+DEFAULT_LEEWAY_SECONDS = 30
+DEFAULT_IPFS_API = "http://127.0.0.1:5001"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
+
+
+def config_dir() -> Path:
+    """Return the directory holding the config and the keys."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "jwtfs"
+
+
+def default_data_dir() -> Path:
+    """Return the default directory of the index, the store and staging."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "jwtfs"
+
+
+def runtime_dir() -> Path:
+    """Return the directory for per-mount runtime files (pid, socket)."""
+    value = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = Path(value) if value and os.path.isabs(value) else Path("/tmp")  # noqa: S108
+    return base / f"jwtfs-{os.getuid()}" if not value else base / "jwtfs"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How tokens are verified.
+
+    ``key_files`` are PEM public keys; ``jwks_file`` a JSON Web Key Set; the
+    two may be combined. ``hmac_secret_file`` enables HS256 and then must be
+    the only key source, so a public key can never double as an HMAC secret.
+    """
+
+    audience: str
+    issuers: tuple[str, ...] = ()
+    leeway: int = DEFAULT_LEEWAY_SECONDS
+    key_files: tuple[Path, ...] = ()
+    jwks_file: Path | None = None
+    hmac_secret_file: Path | None = None
+    revocation_file: Path | None = None
+    signing_key_file: Path | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True)
+class IpfsConfig:
+    """Where pins go. ``api`` of None means the embedded store only."""
+
+    api: str | None = DEFAULT_IPFS_API
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a vault needs, resolved to absolute paths."""
+
+    path: Path
+    data_dir: Path
+    master_key_file: Path
+    auth: AuthConfig
+    ipfs: IpfsConfig = field(default_factory=IpfsConfig)
+
+    @property
+    def index_file(self) -> Path:
+        return self.data_dir / "index.sqlite3"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+
+class _Table:
+    """A TOML table that names file and key in every error."""
+
+    def __init__(self, path: Path, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        self.path, self.name, self.data = path, name, data
+
+    def _fail(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.name}.{key} {what}")
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        value = self.data.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise self._fail(key, "must be a string")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(key, f"must be an integer >= {minimum}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, "must be a string or a list of strings")
+        return tuple(value)
+
+    def file(self, base: Path, key: str, default: str | None = None) -> Path | None:
+        value = self.string(key, default)
+        if not value:
+            return None
+        return (base / os.path.expanduser(value)).resolve()
+
+    def files(self, base: Path, key: str) -> tuple[Path, ...]:
+        return tuple(
+            (base / os.path.expanduser(v)).resolve() for v in self.strings(key)
+        )
+
+
+def load_config(directory: Path | None = None) -> Config:
+    """Read ``config.toml`` from ``directory`` (default: ``config_dir()``).
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key has a bad value.
+    """
+    base = directory or config_dir()
+    path = base / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no vault here; run 'jwtfs init' first") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({err})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(
+            f"{path}: not valid TOML ({err}); fix or re-run init"
+        ) from err
+    return parse_config(path, raw)
+
+
+def parse_config(path: Path, raw: dict[str, Any]) -> Config:
+    """Turn the parsed TOML of ``path`` into a ``Config``.
+
+    Raises:
+        ConfigError: a key is missing or has a bad value.
+    """
+    base = path.parent
+    vault = _Table(path, "vault", raw.get("vault", {}))
+    auth = _Table(path, "auth", raw.get("auth", {}))
+    ipfs = _Table(path, "ipfs", raw.get("ipfs", {}))
+
+    data_dir = vault.file(base, "data_dir") or default_data_dir()
+    master = vault.file(base, "master_key", "master.key")
+    audience = auth.string("audience")
+    if not audience:
+        raise ConfigError(f"{path}: auth.audience is missing; set it or re-run init")
+    auth_config = AuthConfig(
+        audience=audience,
+        issuers=auth.strings("issuers"),
+        leeway=auth.integer("leeway", DEFAULT_LEEWAY_SECONDS),
+        key_files=auth.files(base, "keys"),
+        jwks_file=auth.file(base, "jwks"),
+        hmac_secret_file=auth.file(base, "hmac_secret"),
+        revocation_file=auth.file(base, "revocations"),
+        signing_key_file=auth.file(base, "signing_key"),
+        issuer=auth.string("issuer"),
+    )
+    if auth_config.hmac_secret_file and (
+        auth_config.key_files or auth_config.jwks_file
+    ):
+        raise ConfigError(
+            f"{path}: auth.hmac_secret cannot be combined with auth.keys or auth.jwks; "
+            "use one kind of key"
+        )
+    if not (
+        auth_config.key_files or auth_config.jwks_file or auth_config.hmac_secret_file
+    ):
+        raise ConfigError(f"{path}: auth.keys is empty; name a public key file")
+    api = ipfs.string("api", DEFAULT_IPFS_API)
+    assert master is not None
+    return Config(
+        path=path,
+        data_dir=data_dir,
+        master_key_file=master,
+        auth=auth_config,
+        ipfs=IpfsConfig(api=api or None),
+    )

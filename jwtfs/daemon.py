@@ -1,0 +1,316 @@
+"""Mount lifecycle: checks before mounting, the serving loop, signals, readiness.
+
+``jwtfs mount`` checks everything a user can get wrong first (mountpoint, token
+file, keys, ``/dev/fuse``), so a mistake is one line and exit code 2 with
+nothing changed. Without ``--foreground`` it starts itself again in the
+background and returns once the mount answers, reported through a pipe; with
+``NOTIFY_SOCKET`` set, readiness also goes to systemd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from jwtfs.auth.sources import TokenSource, check_token_file
+from jwtfs.auth.tokens import KeySet, Verifier
+from jwtfs.config import Config, runtime_dir
+from jwtfs.crypto.keys import load_master_key
+from jwtfs.errors import ConfigError, JwtfsError
+from jwtfs.fs.operations import Operations
+from jwtfs.vault.vault import Paths, Vault
+
+log = logging.getLogger(__name__)
+
+READY = b"READY\n"
+UNMOUNT_WAIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    """What the user asked for, checked."""
+
+    config: Config
+    mountpoint: Path
+    token_file: Path | None
+    env_token: str | None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log lines to stderr, where a terminal or journald picks them up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # httpx logs every URL at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def vault_paths(config: Config) -> Paths:
+    return Paths(
+        index=config.index_file, store=config.store_dir, staging=config.staging_dir
+    )
+
+
+def check_mount_request(
+    config: Config, mountpoint: Path, token_file: Path | None, env_token: str | None
+) -> tuple[MountRequest, list[str]]:
+    """Check a mount request; return it with warnings for the user.
+
+    Raises:
+        ConfigError: a one-line reason and fix (mountpoint missing, not empty,
+            already mounted; token file missing or malformed; key file unsafe;
+            no ``/dev/fuse``).
+    """
+    warnings: list[str] = []
+    mountpoint = mountpoint.expanduser().absolute()
+    if not mountpoint.exists():
+        raise ConfigError(
+            f"{mountpoint}: mountpoint does not exist; create it with mkdir"
+        )
+    if not mountpoint.is_dir():
+        raise ConfigError(f"{mountpoint}: mountpoint is not a directory")
+    if os.path.ismount(mountpoint):
+        raise ConfigError(
+            f"{mountpoint}: already mounted; run 'jwtfs umount {mountpoint}'"
+        )
+    if any(mountpoint.iterdir()):
+        raise ConfigError(
+            f"{mountpoint}: mountpoint is not empty; use an empty directory"
+        )
+    if not os.path.exists("/dev/fuse"):
+        raise ConfigError("/dev/fuse: missing; load the fuse module (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise ConfigError("/dev/fuse: not accessible; add yourself to the fuse group")
+    load_master_key(config.master_key_file)
+    KeySet.from_config(config.auth)
+    if not config.index_file.exists():
+        raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")
+    if token_file is not None:
+        warnings += check_token_file(token_file.expanduser().absolute())
+        token_file = token_file.expanduser().absolute()
+    if token_file is None and not env_token:
+        warnings.append(
+            "no token: nothing in the mount is readable until one is given "
+            "(--token-file FILE or JWTFS_TOKEN)"
+        )
+    return MountRequest(config, mountpoint, token_file, env_token), warnings
+
+
+# The registry of running mounts
+
+
+def _record_path(mountpoint: Path) -> Path:
+    digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
+    return runtime_dir() / f"mount-{digest}.json"
+
+
+def _write_record(request: MountRequest) -> Path:
+    path = _record_path(request.mountpoint)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "mountpoint": str(request.mountpoint)}
+    path.write_text(json.dumps(record))
+    return path
+
+
+def read_record(mountpoint: Path) -> dict[str, object] | None:
+    try:
+        record = json.loads(_record_path(mountpoint.absolute()).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+@contextlib.contextmanager
+def _vault_lock(config: Config) -> Iterator[None]:
+    """One daemon per vault: two would write one index behind each other's back."""
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(config.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{config.data_dir}: this vault is already mounted elsewhere; "
+                "unmount it first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# Serving
+
+
+def _notify_systemd(message: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendto(message.encode(), address)
+
+
+def serve(request: MountRequest, ready_fd: int | None) -> int:
+    """Mount and serve until unmounted or signalled; return the exit code."""
+    key = load_master_key(request.config.master_key_file)
+    verifier = Verifier(request.config.auth)
+    tokens = TokenSource(verifier, request.token_file, request.env_token)
+    with _vault_lock(request.config):
+        vault = Vault(vault_paths(request.config), key)
+        try:
+            operations = Operations(vault, tokens)
+            options = set(pyfuse3.default_options)
+            options |= {"fsname=jwtfs", "subtype=jwtfs"}
+            pyfuse3.init(operations, str(request.mountpoint), options)
+            record = _write_record(request)
+            try:
+                trio.run(_main, request, operations, ready_fd)
+            finally:
+                record.unlink(missing_ok=True)
+        finally:
+            vault.close()
+    log.info("unmounted %s", request.mountpoint)
+    return 0
+
+
+async def _main(
+    request: MountRequest, operations: Operations, ready_fd: int | None
+) -> None:
+    log.info("mounted %s", request.mountpoint)
+    unmounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(operations.watch_tokens)
+            nursery.start_soon(_on_signals, nursery.cancel_scope)
+            nursery.start_soon(_announce_ready, request.mountpoint, ready_fd)
+            await pyfuse3.main()
+            unmounted = True
+            nursery.cancel_scope.cancel()
+    finally:
+        _notify_systemd("STOPPING=1")
+        with trio.CancelScope(shield=True):
+            await operations.vault.commit_all()
+        pyfuse3.close(unmount=not unmounted)
+
+
+async def _on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info(
+                "%s received; committing and unmounting", signal.Signals(signum).name
+            )
+            scope.cancel()
+            return
+
+
+async def _announce_ready(mountpoint: Path, ready_fd: int | None) -> None:
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    _notify_systemd("READY=1\nSTATUS=serving")
+    if ready_fd is not None:
+        os.write(ready_fd, READY)
+        os.close(ready_fd)
+
+
+def start_background(argv: list[str], log_path: Path) -> None:
+    """Start ``jwtfs mount --foreground`` detached; return once it serves.
+
+    Raises:
+        JwtfsError: the daemon exited before the mount was ready; the message
+            holds its last log line.
+    """
+    read_end, write_end = os.pipe()
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        os.fchmod(log_file.fileno(), 0o600)
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jwtfs",
+                *argv,
+                "--foreground",
+                "--ready-fd",
+                str(write_end),
+            ],
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read(len(READY))
+    if answer == READY:
+        return
+    child.wait()
+    raise JwtfsError(
+        _last_line(log_path) or f"daemon exited with status {child.returncode}"
+    )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def unmount(mountpoint: Path) -> None:
+    """Ask the daemon serving ``mountpoint`` to commit and unmount; wait for it.
+
+    Raises:
+        ConfigError: nothing is mounted there.
+        JwtfsError: the daemon did not finish in time.
+    """
+    mountpoint = mountpoint.expanduser().absolute()
+    record = read_record(mountpoint)
+    pid = record.get("pid") if record else None
+    if isinstance(pid, int) and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise JwtfsError(f"{mountpoint}: daemon {pid} did not stop in time")
+            time.sleep(0.05)
+        return
+    if not os.path.ismount(mountpoint):
+        raise ConfigError(f"{mountpoint}: not mounted")
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as status:
+            return status.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,517 @@
+"""The SQLite index: the directory tree, attributes and the versions of each file.
+
+The only module that touches ``sqlite3``. The database runs in WAL mode so the
+CLI (``jwtfs index``, ``jwtfs status``) can read while a mount writes, with
+``synchronous=NORMAL``: a commit survives a crash of the daemon at once and a
+power loss after the next checkpoint, which ``sync()`` forces for fsync.
+
+Schema, table by table:
+
+``meta``
+    key, value: vault-wide facts (``schema``: the schema version, ``vault_id``).
+
+``inodes`` (one row per file, directory, symlink or special file)
+    id        the inode number the kernel sees; 1 is the mount root.
+    mode      ``st_mode`` with the file type bits.
+    uid, gid  owner and group.
+    size      plaintext bytes of the current version (files), target length
+              (symlinks), 0 otherwise.
+    atime_ns, mtime_ns, ctime_ns   timestamps in nanoseconds since the epoch.
+    rdev      device number of device nodes, else 0.
+    nlink     names pointing here; directories count 2 plus their subdirectories.
+    target    symlink target bytes, else NULL.
+    header    the 32-byte ciphertext stream header of this file. It carries the
+              random file id the per-file key is derived from; every version of
+              the file shares it, so unchanged segments survive a rewrite.
+    version   id of the current ``versions`` row, NULL while the file is empty
+              and has never been committed.
+
+``dentries`` (one row per name)
+    id        a stable position for ``readdir`` offsets.
+    parent    inode of the directory holding the name.
+    name      the name, raw bytes (anything but ``/`` and NUL, at most 255).
+    inode     the inode the name points to.
+
+``versions`` (every committed content of a file)
+    id, inode     the version and the file it belongs to.
+    cid           CIDv1 of the ciphertext stream, as Kubo's raw-leaves ``add``
+                  computes it.
+    size          plaintext bytes; stored_size: ciphertext stream bytes.
+    created_ns    when it was committed; superseded_ns: when a newer version
+                  replaced it (NULL for the current one).
+    state         where the stream is: ``local`` (embedded store only),
+                  ``queued``/``pinning``/``pinned``/``failed`` for a node.
+
+``xattrs``
+    inode, name, value: extended attributes, raw bytes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from jwtfs.errors import StoreError, StoreFullError
+
+SCHEMA_VERSION = 1
+ROOT_INODE = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE inodes (
+    id INTEGER PRIMARY KEY,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    nlink INTEGER NOT NULL,
+    target BLOB,
+    header BLOB,
+    version INTEGER
+);
+CREATE TABLE dentries (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    inode INTEGER NOT NULL,
+    UNIQUE (parent, name)
+);
+CREATE INDEX dentries_inode ON dentries (inode);
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    inode INTEGER NOT NULL,
+    cid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    superseded_ns INTEGER,
+    state TEXT NOT NULL DEFAULT 'local'
+);
+CREATE INDEX versions_inode ON versions (inode);
+CREATE INDEX versions_cid ON versions (cid);
+CREATE TABLE xattrs (
+    inode INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (inode, name)
+);
+"""
+
+_INODE_COLUMNS = (
+    "id, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, rdev, nlink, target, "
+    "header, version"
+)
+
+
+@dataclass
+class InodeRow:
+    """One row of ``inodes``."""
+
+    id: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    nlink: int
+    target: bytes | None
+    header: bytes | None
+    version: int | None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One row of ``versions``."""
+
+    id: int
+    inode: int
+    cid: str
+    size: int
+    stored_size: int
+    created_ns: int
+    superseded_ns: int | None
+    state: str
+
+
+@dataclass(frozen=True)
+class Dentry:
+    """One row of ``dentries``."""
+
+    id: int
+    parent: int
+    name: bytes
+    inode: int
+
+
+def _translate(err: sqlite3.Error) -> StoreError:
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and "full" in text:
+        return StoreFullError(f"index: {text}")
+    return StoreError(f"index: {text}")
+
+
+class Index:
+    """The vault's SQLite database. Methods are synchronous and short.
+
+    Writes happen inside ``transaction()``; a method that changes rows and is
+    called outside one commits on its own.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        try:
+            if readonly:
+                uri = f"file:{path}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            else:
+                self._db = sqlite3.connect(path, isolation_level=None)
+                path.chmod(0o600)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as err:
+            raise _translate(err) from err
+        self._depth = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes; nested use joins the outer transaction.
+
+        Raises:
+            StoreError: the database could not be written (StoreFullError when
+                the disk is full); the transaction is rolled back.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise _translate(err) from err
+        self._depth = 1
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise _translate(err) from err
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._depth = 0
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _run(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as err:
+            raise _translate(err) from err
+
+    def _write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        with self.transaction():
+            return self._run(sql, args)
+
+    # Set-up and maintenance
+
+    def create_schema(self, *, uid: int, gid: int, vault_id: str) -> None:
+        """Create the tables and the root directory of a new vault.
+
+        Raises:
+            StoreError: the database could not be written.
+        """
+        now = time.time_ns()
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._run(statement)
+            self._run("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._run("INSERT INTO meta VALUES ('vault_id', ?)", (vault_id,))
+            self._run(
+                f"INSERT INTO inodes ({_INODE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, 0, 2, NULL, NULL, NULL)",
+                (ROOT_INODE, stat.S_IFDIR | 0o755, uid, gid, now, now, now),
+            )
+
+    def has_schema(self) -> bool:
+        row = self._run(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        return row is not None
+
+    def meta(self, key: str) -> str | None:
+        row = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def integrity_check(self) -> str:
+        """Return SQLite's ``integrity_check`` verdict (``ok`` when sound)."""
+        return str(self._run("PRAGMA integrity_check").fetchone()[0])
+
+    def sync(self) -> None:
+        """Make every committed transaction durable against power loss.
+
+        Raises:
+            StoreError: the checkpoint failed.
+        """
+        self._run("PRAGMA wal_checkpoint(FULL)")
+
+    # Inodes
+
+    def get_inode(self, inode: int) -> InodeRow | None:
+        row = self._run(
+            f"SELECT {_INODE_COLUMNS} FROM inodes WHERE id=?", (inode,)
+        ).fetchone()
+        return None if row is None else InodeRow(*row)
+
+    def insert_inode(
+        self,
+        *,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: int = 0,
+        target: bytes | None = None,
+        header: bytes | None = None,
+        nlink: int = 1,
+    ) -> InodeRow:
+        now = time.time_ns()
+        size = len(target) if target is not None else 0
+        cursor = self._write(
+            f"INSERT INTO inodes ({_INODE_COLUMNS}) "
+            "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (mode, uid, gid, size, now, now, now, rdev, nlink, target, header),
+        )
+        assert cursor.lastrowid is not None
+        row = self.get_inode(cursor.lastrowid)
+        assert row is not None
+        return row
+
+    def update_inode(self, inode: int, **columns: object) -> None:
+        """Set the named columns of one inode row."""
+        if not columns:
+            return
+        names = ", ".join(f"{name}=?" for name in columns)
+        self._write(f"UPDATE inodes SET {names} WHERE id=?", (*columns.values(), inode))
+
+    def add_nlink(self, inode: int, delta: int) -> None:
+        self._write("UPDATE inodes SET nlink = nlink + ? WHERE id=?", (delta, inode))
+
+    def delete_inode(self, inode: int) -> None:
+        with self.transaction():
+            self._run("DELETE FROM xattrs WHERE inode=?", (inode,))
+            self._run("DELETE FROM inodes WHERE id=?", (inode,))
+
+    def orphan_inodes(self) -> list[int]:
+        """Inodes no name points to any more (left behind by a crash)."""
+        rows = self._run(
+            "SELECT id FROM inodes WHERE nlink <= 0 AND id != ?", (ROOT_INODE,)
+        )
+        return [r[0] for r in rows]
+
+    def count_inodes(self) -> int:
+        return int(self._run("SELECT count(*) FROM inodes").fetchone()[0])
+
+    # Directory entries
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        row = self._run(
+            "SELECT inode FROM dentries WHERE parent=? AND name=?", (parent, name)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def insert_dentry(self, parent: int, name: bytes, inode: int) -> None:
+        self._write(
+            "INSERT INTO dentries (parent, name, inode) VALUES (?, ?, ?)",
+            (parent, name, inode),
+        )
+
+    def delete_dentry(self, parent: int, name: bytes) -> None:
+        self._write("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+
+    def move_dentry(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes
+    ) -> None:
+        self._write(
+            "UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",
+            (new_parent, new_name, parent, name),
+        )
+
+    def point_dentry(self, parent: int, name: bytes, inode: int) -> None:
+        self._write(
+            "UPDATE dentries SET inode=? WHERE parent=? AND name=?",
+            (inode, parent, name),
+        )
+
+    def list_dentries(self, parent: int, after: int = 0) -> list[Dentry]:
+        rows = self._run(
+            "SELECT id, parent, name, inode FROM dentries "
+            "WHERE parent=? AND id > ? ORDER BY id",
+            (parent, after),
+        )
+        return [Dentry(*r) for r in rows]
+
+    def has_children(self, parent: int) -> bool:
+        row = self._run(
+            "SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)
+        ).fetchone()
+        return row is not None
+
+    def names_of(self, inode: int) -> list[Dentry]:
+        rows = self._run(
+            "SELECT id, parent, name, inode FROM dentries WHERE inode=? ORDER BY id",
+            (inode,),
+        )
+        return [Dentry(*r) for r in rows]
+
+    def walk(self) -> Iterator[tuple[bytes, int]]:
+        """Yield (path, inode) of every name, parents before children."""
+        pending: list[tuple[bytes, int]] = [(b"", ROOT_INODE)]
+        while pending:
+            prefix, parent = pending.pop()
+            for entry in self.list_dentries(parent):
+                path = prefix + b"/" + entry.name
+                yield path, entry.inode
+                row = self.get_inode(entry.inode)
+                if row is not None and row.is_dir:
+                    pending.append((path, entry.inode))
+
+    # Versions
+
+    def insert_version(
+        self, *, inode: int, cid: str, size: int, stored_size: int, state: str
+    ) -> int:
+        """Record a new current version of ``inode`` and supersede the old one.
+
+        Returns the id of the new version. Raises StoreError on failure.
+        """
+        now = time.time_ns()
+        with self.transaction():
+            self._run(
+                "UPDATE versions SET superseded_ns=? "
+                "WHERE inode=? AND superseded_ns IS NULL",
+                (now, inode),
+            )
+            cursor = self._run(
+                "INSERT INTO versions (inode, cid, size, stored_size, created_ns, "
+                "state) VALUES (?, ?, ?, ?, ?, ?)",
+                (inode, cid, size, stored_size, now, state),
+            )
+            version = cursor.lastrowid
+            self._run(
+                "UPDATE inodes SET version=?, size=? WHERE id=?",
+                (version, size, inode),
+            )
+        assert version is not None
+        return version
+
+    def get_version(self, version: int) -> VersionRow | None:
+        row = self._run(
+            "SELECT id, inode, cid, size, stored_size, created_ns, superseded_ns, "
+            "state FROM versions WHERE id=?",
+            (version,),
+        ).fetchone()
+        return None if row is None else VersionRow(*row)
+
+    def versions_of(self, inode: int) -> list[VersionRow]:
+        rows = self._run(
+            "SELECT id, inode, cid, size, stored_size, created_ns, superseded_ns, "
+            "state FROM versions WHERE inode=? ORDER BY id",
+            (inode,),
+        )
+        return [VersionRow(*r) for r in rows]
+
+    def superseded_versions(self) -> list[VersionRow]:
+        rows = self._run(
+            "SELECT id, inode, cid, size, stored_size, created_ns, superseded_ns, "
+            "state FROM versions WHERE superseded_ns IS NOT NULL ORDER BY id"
+        )
+        return [VersionRow(*r) for r in rows]
+
+    def delete_version(self, version: int) -> None:
+        self._write("DELETE FROM versions WHERE id=?", (version,))
+
+    def delete_versions_of(self, inode: int) -> list[str]:
+        """Delete every version of ``inode``; return their CIDs."""
+        with self.transaction():
+            cids = [
+                str(r[0])
+                for r in self._run("SELECT cid FROM versions WHERE inode=?", (inode,))
+            ]
+            self._run("DELETE FROM versions WHERE inode=?", (inode,))
+        return cids
+
+    def cid_in_use(self, cid: str) -> bool:
+        row = self._run("SELECT 1 FROM versions WHERE cid=? LIMIT 1", (cid,)).fetchone()
+        return row is not None
+
+    def current_cids(self) -> set[str]:
+        rows = self._run("SELECT cid FROM versions WHERE superseded_ns IS NULL")
+        return {str(r[0]) for r in rows}
+
+    def version_counts(self) -> dict[str, int]:
+        rows = self._run(
+            "SELECT state, count(*) FROM versions WHERE superseded_ns IS NULL "
+            "GROUP BY state"
+        )
+        return {str(state): int(count) for state, count in rows}
+
+    def stored_bytes(self) -> int:
+        row = self._run("SELECT coalesce(sum(stored_size), 0) FROM versions").fetchone()
+        return int(row[0])
+
+    # Extended attributes
+
+    def get_xattr(self, inode: int, name: bytes) -> bytes | None:
+        row = self._run(
+            "SELECT value FROM xattrs WHERE inode=? AND name=?", (inode, name)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_xattr(self, inode: int, name: bytes, value: bytes) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)",
+            (inode, name, value),
+        )
+
+    def list_xattrs(self, inode: int) -> list[bytes]:
+        rows = self._run(
+            "SELECT name FROM xattrs WHERE inode=? ORDER BY name", (inode,)
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def remove_xattr(self, inode: int, name: bytes) -> bool:
+        cursor = self._write(
+            "DELETE FROM xattrs WHERE inode=? AND name=?", (inode, name)
+        )
+        return cursor.rowcount > 0

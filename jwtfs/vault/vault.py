@@ -1,0 +1,528 @@
+"""The vault: files, directories and versions on top of the index and the store.
+
+Everything here follows POSIX semantics and raises ``FilesystemError`` with
+the errno a rule violation must give; the fs layer only translates. Metadata
+methods are synchronous (short SQLite transactions on the event loop thread);
+content goes through ``OpenFile``, whose CPU and disk work runs in threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+
+import trio
+
+from jwtfs.blocks.cid import Cid
+from jwtfs.blocks.store import BlockStore
+from jwtfs.blocks.unixfs import Dag
+from jwtfs.crypto.keys import MasterKey
+from jwtfs.crypto.segments import FileCipher, Header, new_header
+from jwtfs.errors import FilesystemError, NotFoundError, StoreError
+from jwtfs.vault.files import OpenFile
+from jwtfs.vault.index import ROOT_INODE, Index, InodeRow
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a vault keeps its index, store and staging area."""
+
+    index: Path
+    store: Path
+    staging: Path
+
+
+def check_name(name: bytes) -> None:
+    """Refuse names the kernel should never send and names over NAME_MAX."""
+    if len(name) > NAME_MAX:
+        raise FilesystemError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        raise FilesystemError(errno.EINVAL, "invalid name")
+
+
+def initialize(paths: Paths, *, uid: int, gid: int) -> str:
+    """Create the data directories and an empty index; return the vault id.
+
+    Raises:
+        StoreError: the index could not be created.
+    """
+    for directory in (paths.index.parent, paths.store, paths.staging):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    vault_id = str(uuid.uuid4())
+    index = Index(paths.index)
+    try:
+        index.create_schema(uid=uid, gid=gid, vault_id=vault_id)
+    finally:
+        index.close()
+    return vault_id
+
+
+class Vault:
+    """One mounted vault: the tree, the open files, the store."""
+
+    def __init__(self, paths: Paths, key: MasterKey) -> None:
+        self.paths = paths
+        self.index = Index(paths.index)
+        if not self.index.has_schema():
+            raise StoreError(f"{paths.index}: not a jwtfs index; run 'jwtfs init'")
+        self.store = BlockStore(paths.store)
+        self.key = key
+        self.cpu_limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.open_files: dict[int, OpenFile] = {}
+        self._dir_paths: dict[int, bytes] = {ROOT_INODE: b"/"}
+        self._staging_names = count()
+        self._reported: set[tuple[str | None, int]] = set()
+        self._recover()
+
+    def _recover(self) -> None:
+        """Drop what a crash left behind: staging copies and nameless inodes."""
+        for leftover in self.paths.staging.iterdir():
+            leftover.unlink()
+        for inode in self.index.orphan_inodes():
+            self._destroy(inode)
+
+    def close(self) -> None:
+        for open_file in self.open_files.values():
+            open_file.discard()
+        self.open_files.clear()
+        self.index.sync()
+        self.index.close()
+
+    @staticmethod
+    def as_cid(text: str) -> Cid:
+        return Cid(text)
+
+    # Lookups
+
+    def inode(self, inode: int) -> InodeRow:
+        """Return the row of ``inode``, with the live size of an open file."""
+        row = self.index.get_inode(inode)
+        if row is None:
+            raise NotFoundError(f"inode {inode}")
+        open_file = self.open_files.get(inode)
+        if open_file is not None:
+            row.size = open_file.size
+            if open_file.mtime_ns is not None:
+                row.mtime_ns = row.ctime_ns = open_file.mtime_ns
+        return row
+
+    def lookup(self, parent: int, name: bytes) -> InodeRow:
+        check_name(name)
+        inode = self.index.lookup(parent, name)
+        if inode is None:
+            raise FilesystemError(errno.ENOENT)
+        return self.inode(inode)
+
+    def directory(self, inode: int) -> InodeRow:
+        row = self.inode(inode)
+        if not row.is_dir:
+            raise FilesystemError(errno.ENOTDIR)
+        return row
+
+    def dir_path(self, inode: int) -> bytes:
+        """The absolute path of a directory inside the mount, e.g. ``b"/docs"``."""
+        cached = self._dir_paths.get(inode)
+        if cached is not None:
+            return cached
+        names = self.index.names_of(inode)
+        if not names:
+            raise NotFoundError(f"directory inode {inode} has no name")
+        parent = self.dir_path(names[0].parent)
+        path = (parent if parent != b"/" else b"") + b"/" + names[0].name
+        self._dir_paths[inode] = path
+        return path
+
+    def child_path(self, parent: int, name: bytes) -> bytes:
+        base = self.dir_path(parent)
+        return (base if base != b"/" else b"") + b"/" + name
+
+    def paths_of(self, inode: int) -> list[bytes]:
+        """Every path naming ``inode`` (several for hard links, none if unlinked)."""
+        if inode == ROOT_INODE:
+            return [b"/"]
+        return [self.child_path(d.parent, d.name) for d in self.index.names_of(inode)]
+
+    def list_dir(self, inode: int, after: int) -> list[tuple[int, bytes, InodeRow]]:
+        self.directory(inode)
+        entries = []
+        for entry in self.index.list_dentries(inode, after):
+            row = self.index.get_inode(entry.inode)
+            if row is not None:
+                live = self.open_files.get(entry.inode)
+                if live is not None:
+                    row.size = live.size
+                entries.append((entry.id, entry.name, row))
+        return entries
+
+    # Creating and removing names
+
+    def create(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> InodeRow:
+        """Create a file, directory, symlink or special file named ``name``."""
+        check_name(name)
+        self.directory(parent)
+        if self.index.lookup(parent, name) is not None:
+            raise FilesystemError(errno.EEXIST)
+        is_dir = stat.S_ISDIR(mode)
+        header = new_header().pack() if stat.S_ISREG(mode) else None
+        with self.index.transaction():
+            row = self.index.insert_inode(
+                mode=mode,
+                uid=uid,
+                gid=gid,
+                rdev=rdev,
+                target=target,
+                header=header,
+                nlink=2 if is_dir else 1,
+            )
+            self.index.insert_dentry(parent, name, row.id)
+            if is_dir:
+                self.index.add_nlink(parent, 1)
+            self._touch(parent)
+        return row
+
+    def link(self, inode: int, parent: int, name: bytes) -> InodeRow:
+        check_name(name)
+        row = self.inode(inode)
+        if row.is_dir:
+            raise FilesystemError(errno.EPERM, "hard links to directories")
+        self.directory(parent)
+        if self.index.lookup(parent, name) is not None:
+            raise FilesystemError(errno.EEXIST)
+        with self.index.transaction():
+            self.index.insert_dentry(parent, name, inode)
+            self.index.add_nlink(inode, 1)
+            self.index.update_inode(inode, ctime_ns=time.time_ns())
+            self._touch(parent)
+        return self.inode(inode)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        row = self.lookup(parent, name)
+        if row.is_dir:
+            raise FilesystemError(errno.EISDIR)
+        with self.index.transaction():
+            self.index.delete_dentry(parent, name)
+            self._drop_link(row)
+            self._touch(parent)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        row = self.lookup(parent, name)
+        if not row.is_dir:
+            raise FilesystemError(errno.ENOTDIR)
+        if self.index.has_children(row.id):
+            raise FilesystemError(errno.ENOTEMPTY)
+        with self.index.transaction():
+            self.index.delete_dentry(parent, name)
+            self.index.add_nlink(parent, -1)
+            self.index.delete_inode(row.id)
+            self._touch(parent)
+        self._dir_paths.pop(row.id, None)
+
+    def _drop_link(self, row: InodeRow) -> None:
+        self.index.add_nlink(row.id, -1)
+        self.index.update_inode(row.id, ctime_ns=time.time_ns())
+        if row.nlink <= 1 and row.id not in self.open_files:
+            self._destroy(row.id)
+
+    def _destroy(self, inode: int) -> None:
+        """Delete an inode with no names and no handles, and its content."""
+        with self.index.transaction():
+            cids = self.index.delete_versions_of(inode)
+            self.index.delete_inode(inode)
+        for cid in cids:
+            self._forget_stream(cid)
+
+    def _forget_stream(self, cid: str) -> None:
+        if not self.index.cid_in_use(cid):
+            self.store.remove_stream(Cid(cid))
+
+    def _touch(self, inode: int) -> None:
+        now = time.time_ns()
+        self.index.update_inode(inode, mtime_ns=now, ctime_ns=now)
+
+    # Rename
+
+    def rename(
+        self,
+        old_parent: int,
+        old_name: bytes,
+        new_parent: int,
+        new_name: bytes,
+        flags: int,
+    ) -> None:
+        """Move a name, honouring ``RENAME_NOREPLACE`` and ``RENAME_EXCHANGE``."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise FilesystemError(errno.EINVAL, "unsupported rename flags")
+        check_name(new_name)
+        source = self.lookup(old_parent, old_name)
+        self.directory(new_parent)
+        target_inode = self.index.lookup(new_parent, new_name)
+        target = None if target_inode is None else self.inode(target_inode)
+        if source.is_dir:
+            self._refuse_cycle(source.id, new_parent)
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise FilesystemError(errno.ENOENT)
+            if target.is_dir:
+                self._refuse_cycle(target.id, old_parent)
+            self._exchange(old_parent, old_name, source, new_parent, new_name, target)
+            return
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FilesystemError(errno.EEXIST)
+            if target.id == source.id:
+                return
+            self._check_replace(source, target)
+        with self.index.transaction():
+            if target is not None:
+                self.index.delete_dentry(new_parent, new_name)
+                if target.is_dir:
+                    self.index.add_nlink(new_parent, -1)
+                    self.index.delete_inode(target.id)
+                else:
+                    self._drop_link(target)
+            self.index.move_dentry(old_parent, old_name, new_parent, new_name)
+            if source.is_dir and old_parent != new_parent:
+                self.index.add_nlink(old_parent, -1)
+                self.index.add_nlink(new_parent, 1)
+            self.index.update_inode(source.id, ctime_ns=time.time_ns())
+            self._touch(old_parent)
+            self._touch(new_parent)
+        if source.is_dir or (target is not None and target.is_dir):
+            self._forget_dir_paths()
+
+    def _check_replace(self, source: InodeRow, target: InodeRow) -> None:
+        if source.is_dir and not target.is_dir:
+            raise FilesystemError(errno.ENOTDIR)
+        if target.is_dir and not source.is_dir:
+            raise FilesystemError(errno.EISDIR)
+        if target.is_dir and self.index.has_children(target.id):
+            raise FilesystemError(errno.ENOTEMPTY)
+
+    def _refuse_cycle(self, moved: int, new_parent: int) -> None:
+        """A directory cannot move into itself or below itself."""
+        current = new_parent
+        while current != ROOT_INODE:
+            if current == moved:
+                raise FilesystemError(errno.EINVAL, "directory moved into itself")
+            names = self.index.names_of(current)
+            if not names:
+                break
+            current = names[0].parent
+
+    def _exchange(
+        self,
+        old_parent: int,
+        old_name: bytes,
+        source: InodeRow,
+        new_parent: int,
+        new_name: bytes,
+        target: InodeRow,
+    ) -> None:
+        with self.index.transaction():
+            self.index.point_dentry(old_parent, old_name, target.id)
+            self.index.point_dentry(new_parent, new_name, source.id)
+            if old_parent != new_parent and source.is_dir != target.is_dir:
+                delta = 1 if source.is_dir else -1
+                self.index.add_nlink(new_parent, delta)
+                self.index.add_nlink(old_parent, -delta)
+            now = time.time_ns()
+            self.index.update_inode(source.id, ctime_ns=now)
+            self.index.update_inode(target.id, ctime_ns=now)
+            self._touch(old_parent)
+            self._touch(new_parent)
+        self._forget_dir_paths()
+
+    def _forget_dir_paths(self) -> None:
+        self._dir_paths = {ROOT_INODE: b"/"}
+
+    # Attributes
+
+    def set_attributes(
+        self,
+        inode: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        row = self.inode(inode)
+        columns: dict[str, object] = {"ctime_ns": time.time_ns()}
+        if mode is not None:
+            columns["mode"] = stat.S_IFMT(row.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            columns["uid"] = uid
+        if gid is not None:
+            columns["gid"] = gid
+        if atime_ns is not None:
+            columns["atime_ns"] = atime_ns
+        if mtime_ns is not None:
+            columns["mtime_ns"] = mtime_ns
+            open_file = self.open_files.get(inode)
+            if open_file is not None:
+                open_file.mtime_ns = None
+        self.index.update_inode(inode, **columns)
+
+    # Extended attributes
+
+    def get_xattr(self, inode: int, name: bytes) -> bytes | None:
+        self.inode(inode)
+        return self.index.get_xattr(inode, name)
+
+    def set_xattr(self, inode: int, name: bytes, value: bytes, *, flags: int) -> None:
+        self.inode(inode)
+        exists = self.index.get_xattr(inode, name) is not None
+        if flags & os.XATTR_CREATE and exists:
+            raise FilesystemError(errno.EEXIST)
+        if flags & os.XATTR_REPLACE and not exists:
+            raise FilesystemError(errno.ENODATA)
+        with self.index.transaction():
+            self.index.set_xattr(inode, name, value)
+            self.index.update_inode(inode, ctime_ns=time.time_ns())
+
+    def list_xattrs(self, inode: int) -> list[bytes]:
+        self.inode(inode)
+        return self.index.list_xattrs(inode)
+
+    def remove_xattr(self, inode: int, name: bytes) -> None:
+        self.inode(inode)
+        if not self.index.remove_xattr(inode, name):
+            raise FilesystemError(errno.ENODATA)
+
+    # Content
+
+    def open_file(self, inode: int) -> OpenFile:
+        """Return the shared state of a regular file and count one more handle."""
+        open_file = self.open_files.get(inode)
+        if open_file is None:
+            row = self.inode(inode)
+            if not row.is_reg:
+                raise FilesystemError(errno.EINVAL, "not a regular file")
+            assert row.header is not None
+            cipher = FileCipher(self.key, Header.unpack(row.header))
+            version = (
+                None if row.version is None else self.index.get_version(row.version)
+            )
+            base = None if version is None else version.cid
+            open_file = OpenFile(self, inode, cipher, row.size, base)
+            self.open_files[inode] = open_file
+        open_file.handles += 1
+        return open_file
+
+    async def release_file(self, open_file: OpenFile) -> None:
+        """Count one handle less; commit and close when it was the last."""
+        open_file.handles -= 1
+        if open_file.handles > 0:
+            return
+        row = self.index.get_inode(open_file.inode)
+        if row is None or row.nlink <= 0:
+            open_file.discard()
+            del self.open_files[open_file.inode]
+            if row is not None:
+                self._destroy(row.id)
+            return
+        try:
+            await self.commit(open_file, durable=False)
+        finally:
+            if open_file.handles == 0 and not open_file.changed:
+                open_file.close()
+                self.open_files.pop(open_file.inode, None)
+
+    async def commit(self, open_file: OpenFile, *, durable: bool) -> None:
+        """Commit an open file unless it is gone (unlinked files are not kept)."""
+        row = self.index.get_inode(open_file.inode)
+        if row is None or row.nlink <= 0:
+            return
+        await open_file.commit(durable=durable)
+
+    async def truncate(self, inode: int, size: int) -> None:
+        """Set the size of a file, opening it for the change if nobody has."""
+        open_file = self.open_file(inode)
+        try:
+            await open_file.truncate(size)
+        finally:
+            await self.release_file(open_file)
+
+    async def commit_all(self) -> None:
+        """Commit every open file (unmount, SIGTERM)."""
+        for open_file in list(self.open_files.values()):
+            await self.commit(open_file, durable=True)
+
+    def record_version(
+        self, inode: int, dag: Dag, size: int, old_cid: str | None, *, durable: bool
+    ) -> None:
+        """Index a newly committed stream as the current version of ``inode``."""
+        open_file = self.open_files.get(inode)
+        with self.index.transaction():
+            self.index.insert_version(
+                inode=inode,
+                cid=str(dag.root),
+                size=size,
+                stored_size=dag.length,
+                state="local",
+            )
+            if open_file is not None and open_file.mtime_ns is not None:
+                self.index.update_inode(
+                    inode, mtime_ns=open_file.mtime_ns, ctime_ns=open_file.mtime_ns
+                )
+                open_file.mtime_ns = None
+        self._apply_retention(inode)
+        if durable:
+            self.index.sync()
+
+    def _apply_retention(self, inode: int) -> None:
+        # TODO: keep superseded versions by a retention policy once they can be
+        # pinned on a node; with the embedded store alone they are dropped.
+        for version in self.index.versions_of(inode):
+            if version.superseded_ns is not None:
+                self.index.delete_version(version.id)
+                self._forget_stream(version.cid)
+
+    def new_staging_path(self, inode: int) -> Path:
+        return self.paths.staging / f"{inode}.{next(self._staging_names)}"
+
+    def report_integrity_failure(
+        self, inode: int, cid: str | None, segment: int
+    ) -> None:
+        """Log one ERROR line per damaged segment, however often it is read."""
+        if (cid, segment) in self._reported:
+            return
+        self._reported.add((cid, segment))
+        log.error(
+            "integrity failure: stream %s of inode %d, segment %d failed "
+            "authentication; reads of that range give EIO",
+            cid,
+            inode,
+            segment,
+        )
+
+    # Whole-vault facts
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.paths.store)
