@@ -111,7 +111,7 @@ class TokenSource:
         self._entries: list[_Entry] = []
         self._valid: tuple[VerifiedToken, ...] = ()
         self._grants = Grants.empty()
-        self._reported = Grants.empty()
+        self._changed = False
         self._expires_at = math.inf
         self._recheck_at = math.inf
         self._generation = -1
@@ -124,7 +124,9 @@ class TokenSource:
 
         Tokens are checked again when the file changed, the verifier's keys
         were reloaded, or the clock passed a token's ``nbf`` or ``exp``.
-        Returns whether the effective grants changed since the last call.
+        Returns whether the effective grants changed since the last call,
+        counting changes that came and went in between (an expiry, then a new
+        token in the file), since kernel caches may hold either.
         """
         now = self._clock()
         self._denials.flush(now)
@@ -134,8 +136,8 @@ class TokenSource:
             or now >= self._recheck_at
         ):
             self._evaluate()
-        changed = self.grants() != self._reported
-        self._reported = self._grants
+        self.grants()
+        changed, self._changed = self._changed, False
         return changed
 
     def grants(self) -> Grants:
@@ -273,7 +275,9 @@ class TokenSource:
 
     def _set_valid(self, tokens: Iterable[VerifiedToken]) -> None:
         self._valid = tuple(tokens)
-        self._grants = Grants.union(t.grants for t in self._valid)
+        grants = Grants.union(t.grants for t in self._valid)
+        self._changed = self._changed or grants != self._grants
+        self._grants = grants
         leeway = self._verifier.leeway
         self._expires_at = min((t.exp + leeway for t in self._valid), default=math.inf)
 

@@ -420,8 +420,10 @@ def read_header(token: str) -> dict[str, Any]:
         )
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as err:
+    except jwt.DecodeError as err:
         raise TokenMalformedError("the header is not a JSON object") from err
+    except jwt.PyJWTError as err:
+        raise TokenMalformedError(f"bad header: {err}") from err
     alg = header.get("alg")
     if alg is None:
         raise TokenMalformedError("the header names no algorithm (alg)")
@@ -576,6 +578,9 @@ def _load_jwk(path: Path, jwk: Any) -> VerificationKey:
         key: PublicKey = jwt.PyJWK(jwk, algorithms[0]).key
     except jwt.PyJWTError as err:
         raise ConfigError(f"unusable key ({err})") from err
+    too_short = jwt.get_algorithm_by_name(algorithms[0]).check_key_length(key)
+    if too_short is not None:
+        raise ConfigError(too_short)
     source = f"{path}#{kid}" if kid else str(path)
     return VerificationKey(
         source, kid, algorithms, _thumbprint(algorithms[0], key), key
@@ -762,8 +767,10 @@ def _audiences(value: Any) -> tuple[str, ...]:
 
 
 def _time_text(value: Any) -> str | None:
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return _text(value)
+        return json.dumps(value)
     try:
         return format_time(float(value)) if math.isfinite(value) else json.dumps(value)
     except OverflowError:
