@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jwtfs import __version__
-from jwtfs.auth.tokens import Verifier, inspect_token, issue_token, parse_duration
+from jwtfs.auth.tokens import (
+    TokenReport,
+    Verifier,
+    inspect_token,
+    issue_token,
+    parse_duration,
+)
 from jwtfs.blocks.store import BlockStore
 from jwtfs.config import CONFIG_NAME, Config, config_dir, default_data_dir, load_config
 from jwtfs.crypto.keys import generate_master_key
@@ -227,10 +233,28 @@ def _token_inspect(args: argparse.Namespace) -> int:
         report = inspect_token(line, verifier)
         if len(lines) > 1:
             print(f"token {number}:")
-        for label, value in report.rows():
+        for label, value in _report_rows(report):
             print(f"  {label:<9} {value}")
         all_valid &= report.valid
     return EXIT_OK if all_valid else EXIT_FAILURE
+
+
+def _report_rows(report: TokenReport) -> list[tuple[str, str]]:
+    verdict = "yes" if report.valid else f"no: {report.reason}"
+    rows = [
+        ("valid", verdict),
+        ("subject", report.sub or "-"),
+        ("audience", ", ".join(report.aud) or "-"),
+        ("issuer", report.iss or "-"),
+        ("issued", report.iat or "-"),
+        ("from", report.nbf or "-"),
+        ("expires", report.exp or "-"),
+        ("id", report.jti or "-"),
+        ("algorithm", report.alg or "-"),
+        ("grants", "; ".join(report.grants_in_words) or "nothing"),
+    ]
+    rows += [("ignored", reason) for reason in report.rejected_scopes]
+    return rows
 
 
 # mount, umount

@@ -167,9 +167,11 @@ def _notify_systemd(message: str) -> None:
         return
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        with contextlib.suppress(OSError):
-            sock.sendto(message.encode(), address)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        contextlib.suppress(OSError),
+    ):
+        sock.sendto(message.encode(), address)
 
 
 def serve(request: MountRequest, ready_fd: int | None) -> int:

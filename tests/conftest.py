@@ -33,7 +33,9 @@ def fresh_vault(tmp_path: Path) -> Iterator[VaultHarness]:
 
 
 @pytest.fixture
-def vault(fresh_vault: VaultHarness, request: pytest.FixtureRequest) -> Iterator[VaultHarness]:
+def vault(
+    fresh_vault: VaultHarness, request: pytest.FixtureRequest
+) -> Iterator[VaultHarness]:
     """A vault mounted with a token that reads and writes everything.
 
     The test fails if the daemon logged a WARNING or ERROR it did not expect;
@@ -44,5 +46,9 @@ def vault(fresh_vault: VaultHarness, request: pytest.FixtureRequest) -> Iterator
     yield fresh_vault
     fresh_vault.cleanup()
     if request.node.get_closest_marker("log_ok") is None:
-        bad = [line for line in fresh_vault.log_text().splitlines() if _BAD_LOG.search(line)]
+        bad = [
+            line
+            for line in fresh_vault.log_text().splitlines()
+            if _BAD_LOG.search(line)
+        ]
         assert not bad, "unexpected daemon log lines:\n" + "\n".join(bad)

@@ -46,8 +46,12 @@ class VaultHarness:
         return self.data_home / "jwtfs"
 
     def jwtfs(
-        self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-        input: str | None = None, timeout: float = 120,
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "jwtfs", *args],
@@ -66,8 +70,14 @@ class VaultHarness:
     def init(self) -> None:
         self.jwtfs("init")
 
-    def issue(self, *, read: tuple[str, ...] = (), write: tuple[str, ...] = (),
-              ttl: str = "1h", sub: str = "test") -> str:
+    def issue(
+        self,
+        *,
+        read: tuple[str, ...] = (),
+        write: tuple[str, ...] = (),
+        ttl: str = "1h",
+        sub: str = "test",
+    ) -> str:
         args = ["token", "issue", "--ttl", ttl, "--sub", sub]
         for p in read:
             args += ["--read", p]
@@ -81,8 +91,9 @@ class VaultHarness:
         tmp.chmod(0o600)
         tmp.replace(self.token_file)
 
-    def mount(self, *extra: str, token_file: bool = True,
-              env: dict[str, str] | None = None) -> None:
+    def mount(
+        self, *extra: str, token_file: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         args = ["mount", str(self.mnt)]
         if token_file:
             args += ["--token-file", str(self.token_file)]

@@ -304,7 +304,7 @@ def _match_component(part: _Component, name: bytes) -> bool:
         found = name.find(piece, pos, end)
         if found < 0:
             return False
-        pos = found
+        pos = found + len(piece)
     return True
 
 

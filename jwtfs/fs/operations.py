@@ -18,13 +18,14 @@ attributes and pages are invalidated, so nothing cached outlives a token.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import pyfuse3
 import trio
@@ -33,8 +34,8 @@ from jwtfs.auth.scope import Grants
 from jwtfs.auth.sources import TokenSource
 from jwtfs.fs.errors import guarded
 from jwtfs.vault.files import OpenFile
-from jwtfs.vault.index import InodeRow
-from jwtfs.vault.vault import ROOT_INODE, Vault
+from jwtfs.vault.index import ROOT_INODE, InodeRow
+from jwtfs.vault.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _entry(row: InodeRow) -> pyfuse3.EntryAttributes:
     return entry
 
 
-class Operations(pyfuse3.Operations):  # type: ignore[misc]
+class Operations(pyfuse3.Operations):
     """pyfuse3 handlers for one mounted vault."""
 
     supports_dot_lookup = False
@@ -511,7 +512,7 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]
             return False
         return True
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, nlookup in inode_list:
             left = self._lookups.get(inode, 0) - nlookup
             if left > 0:
@@ -523,7 +524,7 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]
     # Token changes
 
     async def watch_tokens(self) -> None:
-        """Re-read tokens when they change or expire, and drop what the kernel cached."""
+        """Re-read tokens when they change or expire; drop what the kernel cached."""
         while True:
             deadline = self.tokens.next_deadline()
             delay = TOKEN_POLL_SECONDS
@@ -545,17 +546,11 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]
 
         def invalidate() -> None:
             for inode in inodes:
-                try:
-                    pyfuse3.invalidate_inode(
-                        cast(pyfuse3.InodeT, inode), attr_only=False
-                    )
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_inode(inode, attr_only=False)
             for parent, name in entries:
-                try:
-                    pyfuse3.invalidate_entry(cast(pyfuse3.InodeT, parent), name)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_entry(parent, name)
 
         await trio.to_thread.run_sync(invalidate)
 
