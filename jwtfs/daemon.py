@@ -261,6 +261,7 @@ def start_background(argv: list[str], log_path: Path) -> None:
             stdout=log_file,
             stderr=log_file,
             start_new_session=True,
+            cwd="/",
         )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:

@@ -301,7 +301,7 @@ def _match_component(part: _Component, name: bytes) -> bool:
     # wildcard, so an earlier match never rules out a later one.
     pos = len(first)
     for piece in part[1:-1]:
-        found = name.find(piece, pos, end)
+        found = name.find(piece, pos)
         if found < 0:
             return False
         pos = found + len(piece)

@@ -366,7 +366,8 @@ def patterns(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def paths_near(draw: st.DrawFn, pattern: bytes) -> bytes:
-    """A path made from ``pattern``: each '*' filled in, then maybe cut or extended."""
+    """A path made from ``pattern``: each '*' filled in, then maybe a byte dropped
+    (a near miss), components cut off or added."""
     names = []
     for part in ref_split(pattern):
         if part == b"**":
@@ -376,6 +377,10 @@ def paths_near(draw: st.DrawFn, pattern: bytes) -> bytes:
         fills = [draw(st.lists(PATH_ATOMS, max_size=3).map(b"".join)) for _ in pieces]
         name = b"".join(p + f for p, f in zip(pieces, fills[1:] + [b""], strict=True))
         names.append(name or b"a")
+    if names and draw(st.booleans()):
+        i = draw(st.integers(0, len(names) - 1))
+        j = draw(st.integers(0, len(names[i]) - 1))
+        names[i] = names[i][:j] + names[i][j + 1 :] or b"a"
     names = names[: draw(st.integers(0, len(names)))] if draw(st.booleans()) else names
     names += draw(st.lists(PATH_NAMES, max_size=2)) if draw(st.booleans()) else []
     return b"/" + b"/".join(names)
