@@ -295,13 +295,13 @@ def _match_component(part: _Component, name: bytes) -> bool:
         return part == name
     first, last = part[0], part[-1]
     end = len(name) - len(last)
-    if end < len(first) or not name.startswith(first) or not name.endswith(last):
+    if end < len(first) or not name.startswith(first) :
         return False
     # Leftmost matching of each middle piece is enough: '*' is the only
     # wildcard, so an earlier match never rules out a later one.
     pos = len(first)
     for piece in part[1:-1]:
-        found = name.find(piece, pos)
+        found = name.find(piece, pos, end)
         if found < 0:
             return False
         pos = found + len(piece)
