@@ -56,7 +56,7 @@ def runtime_dir() -> Path:
 class AuthConfig:
     """How tokens are verified.
 
-    ``key_files`` are PEM public keys; ``jwks_file`` a JSON Web Key Set; the
+    ``key_files`` are public keys (PEM, DER or OpenSSH); ``jwks_file`` a JWKS; the
     two may be combined. ``hmac_secret_file`` enables HS256 and then must be
     the only key source, so a public key can never double as an HMAC secret.
     """

@@ -47,6 +47,7 @@ __all__ = [
     "Action",
     "Grant",
     "Grants",
+    "InvalidPatternError",
     "format_pattern",
     "parse_pattern",
     "parse_scope",
@@ -295,7 +296,7 @@ def _match_component(part: _Component, name: bytes) -> bool:
         return part == name
     first, last = part[0], part[-1]
     end = len(name) - len(last)
-    if end < len(first) or not name.startswith(first) :
+    if end < len(first) or not name.startswith(first) or not name.endswith(last):
         return False
     # Leftmost matching of each middle piece is enough: '*' is the only
     # wildcard, so an earlier match never rules out a later one.

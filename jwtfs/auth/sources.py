@@ -2,9 +2,11 @@
 
 The token file holds one JWT a line; blank lines and lines starting with ``#``
 are ignored. ``refresh`` re-reads it when its identity, size or times change
-(so an edit, a rename over it or a symlink swap all count), and re-checks
-every token when the verifier's keys were reloaded or a token's ``nbf`` or
-``exp`` has been passed. ``grants`` is the hot path, asked on every FUSE
+(so an edit, a rename over it or a symlink swap all count), has the verifier
+reload its keys when a key file or the revocation file changed the same way,
+and re-checks every token when the keys were reloaded or a token's ``nbf`` or
+``exp`` has been passed. Called once a second, it makes a revocation or a new
+token count within that second. ``grants`` is the hot path, asked on every FUSE
 request: it does no I/O and reads the clock once, dropping a token the moment
 its ``exp`` plus the leeway has passed, without waiting for ``refresh``.
 
@@ -117,6 +119,7 @@ class TokenSource:
         self._generation = -1
         self._logged: set[tuple[str, str]] = set()
         self._denials = _DenialLog()
+        self._key_state = self._key_files_state()
         self.refresh()
 
     def refresh(self) -> bool:
@@ -130,6 +133,7 @@ class TokenSource:
         """
         now = self._clock()
         self._denials.flush(now)
+        self._poll_key_files()
         if (
             self._poll_file()
             or self._verifier.generation != self._generation
@@ -197,6 +201,19 @@ class TokenSource:
         if self._path is not None:
             return f"{self._path} holds no tokens and {ENV_ORIGIN} is not set"
         return f"no --token-file given and {ENV_ORIGIN} is not set"
+
+    def _key_files_state(self) -> tuple[object, ...]:
+        return tuple(_file_state(p) for p in self._verifier.watched_files)
+
+    def _poll_key_files(self) -> None:
+        state = self._key_files_state()
+        if state == self._key_state:
+            return
+        self._key_state = state
+        try:
+            self._verifier.reload_keys()
+        except ConfigError as err:
+            log.warning("keys not reloaded, the previous ones stay in use: %s", err)
 
     def _poll_file(self) -> bool:
         """Re-read the token file if it changed; return whether it was read."""
@@ -270,7 +287,9 @@ class TokenSource:
             error = TokenExpiredError(f"expired at {format_time(token.exp)}")
             entry.verdict = Verdict(token.fingerprint, None, error, token.sub)
             self._logged.add((token.fingerprint, str(error)))
-            log.info("%s: %s", _describe_token(token.sub, token.fingerprint), error)
+            log.info(
+                "token %s: %s", _describe_token(token.sub, token.fingerprint), error
+            )
         self._set_valid(t for t in self._valid if t.fingerprint not in expired)
 
     def _set_valid(self, tokens: Iterable[VerifiedToken]) -> None:

@@ -72,7 +72,7 @@ from jwtfs.errors import (
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 16 * 1024
-"""Longer tokens are refused before parsing; ours are well under 2 KiB."""
+"""Longer tokens are refused before parsing; one with ten grants takes 600 bytes."""
 
 # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash.
 MIN_HMAC_SECRET_BYTES = 32
@@ -283,6 +283,13 @@ class Verifier:
     @property
     def keys(self) -> KeySet:
         return self._keys
+
+    @property
+    def watched_files(self) -> tuple[Path, ...]:
+        """The files ``reload_keys`` reads: keys, JWKS, HMAC secret, revocations."""
+        cfg = self._cfg
+        optional = (cfg.jwks_file, cfg.hmac_secret_file, cfg.revocation_file)
+        return (*cfg.key_files, *(p for p in optional if p is not None))
 
     def reload_keys(self) -> None:
         """Read the key files, JWKS file and revocation file again.

@@ -101,7 +101,7 @@ class Clock:
         return self.now
 
 
-# --- CASE-25: HMAC verification keyed with the public key -----------------------------
+# --- CASE-25: HMAC verification keyed with the public key ---
 
 ENCODINGS = ("pem", "openssh", "der")
 
@@ -127,7 +127,7 @@ def test_case25_hs256_keyed_with_the_public_key_is_refused(
     assert file_grants_reach(v, control, tmp_path)
 
 
-# --- CASE-26: alg none ---------------------------------------------------------------
+# --- CASE-26: alg none ---
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
@@ -164,7 +164,7 @@ def test_case26_empty_alg_is_refused() -> None:
     )
 
 
-# --- CASE-29: clock skew and leeway ---------------------------------------------------
+# --- CASE-29: clock skew and leeway ---
 
 L = 60
 NOW = 2_000_000_000
@@ -224,7 +224,7 @@ def test_case29_expiry_stops_access_without_a_remount(tmp_path: Path) -> None:
     assert source.grants().can_read(IN_SCOPE)
 
 
-# --- CASE-30: expired tokens accepted ---------------------------------------------
+# --- CASE-30: expired tokens accepted ---
 
 
 @pytest.mark.parametrize(

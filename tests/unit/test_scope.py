@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 
 import pytest
@@ -27,7 +28,7 @@ def grants(scope: str) -> Grants:
     return Grants(parsed)
 
 
-# --- parsing -----------------------------------------------------------------
+# --- parsing ---
 
 
 def test_parse_scope_keeps_order_and_drops_duplicates() -> None:
@@ -112,7 +113,7 @@ def test_grant_refuses_an_invalid_pattern() -> None:
         Grant(R, b"/a/../b")
 
 
-# --- matching ------------------------------------------------------------------
+# --- matching ---
 
 
 def test_exact_pattern_matches_only_that_path() -> None:
@@ -260,7 +261,7 @@ def test_empty_grants_allow_nothing() -> None:
     assert g.describe() == []
 
 
-# --- the Grants value ----------------------------------------------------------
+# --- the Grants value ---
 
 
 def test_union_allows_what_either_allows() -> None:
@@ -305,7 +306,7 @@ def test_to_scope_item_round_trips() -> None:
     assert parse_scope(grant.to_scope_item()) == ((grant,), ())
 
 
-# --- properties against a reference ----------------------------------------------
+# --- properties against a reference ---
 
 
 def ref_name(pattern: bytes, name: bytes) -> bool:
@@ -353,6 +354,7 @@ def ref_can_list(pattern: bytes, directory: bytes) -> bool:
 NAME_ATOMS = st.sampled_from([b"a", b"b", b"*", b"*", b"\xc3\xa9"])
 PATH_ATOMS = st.sampled_from([b"a", b"a", b"b", b"*", b"\xc3\xa9", b"\xc3"])
 PATH_NAMES = st.lists(PATH_ATOMS, min_size=1, max_size=5).map(b"".join)
+FILLS = st.lists(PATH_ATOMS, max_size=3).map(b"".join)
 
 
 @st.composite
@@ -374,16 +376,37 @@ def paths_near(draw: st.DrawFn, pattern: bytes) -> bytes:
             names += draw(st.lists(PATH_NAMES, max_size=3))
             continue
         pieces = part.split(b"*")
-        fills = [draw(st.lists(PATH_ATOMS, max_size=3).map(b"".join)) for _ in pieces]
-        name = b"".join(p + f for p, f in zip(pieces, fills[1:] + [b""], strict=True))
+        fills = [draw(FILLS) for _ in pieces[1:]] + [b""]
+        name = b"".join(p + f for p, f in zip(pieces, fills, strict=True))
         names.append(name or b"a")
-    if names and draw(st.booleans()):
+    near_miss, cut = draw(st.booleans()), draw(st.booleans())
+    if names and near_miss:
         i = draw(st.integers(0, len(names) - 1))
         j = draw(st.integers(0, len(names[i]) - 1))
         names[i] = names[i][:j] + names[i][j + 1 :] or b"a"
-    names = names[: draw(st.integers(0, len(names)))] if draw(st.booleans()) else names
-    names += draw(st.lists(PATH_NAMES, max_size=2)) if draw(st.booleans()) else []
+    if cut:
+        names = names[: draw(st.integers(0, len(names)))]
+    names += draw(st.lists(PATH_NAMES, max_size=2))
     return b"/" + b"/".join(names)
+
+
+def words(alphabet: bytes, longest: int) -> list[bytes]:
+    """Every string over ``alphabet`` of at most ``longest`` bytes."""
+    return [
+        bytes(w)
+        for n in range(longest + 1)
+        for w in itertools.product(alphabet, repeat=n)
+    ]
+
+
+def test_one_component_globs_agree_with_the_reference_exhaustively() -> None:
+    names = [w for w in words(b"ab*", 4) if w]
+    for glob in words(b"ab*", 5):
+        if not glob or b"**" in glob:
+            continue
+        g = Grants([Grant(R, b"/" + glob)])
+        for name in names:
+            assert g.can_read(b"/" + name) == ref_name(glob, name), (glob, name)
 
 
 @st.composite

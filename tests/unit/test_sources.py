@@ -51,12 +51,14 @@ def mint(
     )
 
 
-def make_verifier(clock: Clock | None = None, **changes: object) -> Verifier:
+def make_verifier(
+    clock: Clock | None = None, *, revocation_file: Path | None = None
+) -> Verifier:
     cfg = AuthConfig(
         audience=AUD,
         key_files=(KEYS / "ed25519.public.pem",),
         leeway=LEEWAY,
-        **changes,  # type: ignore[arg-type]
+        revocation_file=revocation_file,
     )
     return Verifier(cfg, clock=clock or time.time)
 
@@ -76,7 +78,7 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER]
 
 
-# --- check_token_file --------------------------------------------------------------
+# --- check_token_file ---
 
 
 def test_check_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
@@ -154,7 +156,7 @@ def test_check_refuses_huge_and_binary_files(tmp_path: Path) -> None:
         check_token_file(path)
 
 
-# --- TokenSource: loading ------------------------------------------------------------
+# --- TokenSource: loading ---
 
 
 def test_file_and_environment_tokens_are_unioned(tmp_path: Path) -> None:
@@ -258,7 +260,7 @@ def test_an_oversized_file_is_dropped(tmp_path: Path) -> None:
     assert source.grants() == Grants.empty()
 
 
-# --- TokenSource: time ------------------------------------------------------------
+# --- TokenSource: time ---
 
 
 def test_expiry_drops_grants_without_a_refresh() -> None:
@@ -305,7 +307,7 @@ def test_a_token_not_yet_valid_starts_counting_at_its_nbf() -> None:
     assert source.next_deadline() == clock.now + LEEWAY + 600 + LEEWAY
 
 
-def test_reloaded_revocations_take_effect_at_the_next_refresh(tmp_path: Path) -> None:
+def test_a_revocation_takes_effect_at_the_next_refresh(tmp_path: Path) -> None:
     revoked = tmp_path / "revoked"
     revoked.write_text("")
     verifier = make_verifier(revocation_file=revoked)
@@ -313,6 +315,20 @@ def test_reloaded_revocations_take_effect_at_the_next_refresh(tmp_path: Path) ->
     source = TokenSource(verifier, None, token)
     assert source.has_valid_token()
 
+    revoked.write_text(f"# leaked\n{verifier.verify(token).jti}\n")
+    assert source.refresh() is True
+    assert source.grants() == Grants.empty()
+    assert verifier.generation == 1
+    assert source.refresh() is False
+    assert verifier.generation == 1
+
+
+def test_an_explicit_key_reload_is_seen_too(tmp_path: Path) -> None:
+    revoked = tmp_path / "revoked"
+    revoked.write_text("")
+    verifier = make_verifier(revocation_file=revoked)
+    token = mint()
+    source = TokenSource(verifier, None, token)
     verified = verifier.verify(token)
     revoked.write_text(f"{verified.jti}\n")
     verifier.reload_keys()
@@ -320,7 +336,26 @@ def test_reloaded_revocations_take_effect_at_the_next_refresh(tmp_path: Path) ->
     assert source.grants() == Grants.empty()
 
 
-# --- TokenSource: logging -----------------------------------------------------------
+def test_a_broken_key_file_keeps_the_old_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key_file = tmp_path / "signing.pub"
+    key_file.write_bytes((KEYS / "ed25519.public.pem").read_bytes())
+    cfg = AuthConfig(audience=AUD, key_files=(key_file,), leeway=LEEWAY)
+    source = TokenSource(Verifier(cfg), None, mint())
+    key_file.write_bytes(b"half-written")
+    assert source.refresh() is False
+    assert source.has_valid_token()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            f"keys not reloaded, the previous ones stay in use: {key_file}: "
+            "not a PEM, DER or OpenSSH public key",
+        )
+    ]
+
+
+# --- TokenSource: logging ---
 
 
 def test_denials_name_reason_sub_and_fingerprint_once_a_minute(
@@ -377,7 +412,7 @@ def test_denial_after_expiry_says_when(caplog: pytest.LogCaptureFixture) -> None
     source.deny(b"/a/b", "read")
     expired = format_time(2_000_000_010)
     assert messages(caplog) == [
-        f"sub=alice fp={fp}: expired at {expired}",
+        f"token sub=alice fp={fp}: expired at {expired}",
         f"access denied: read /a/b (no valid token: sub=alice fp={fp}: "
         f"expired at {expired})",
     ]

@@ -120,7 +120,7 @@ def write_jwks(tmp_path: Path, *keys: dict[str, Any]) -> Path:
     return path
 
 
-# --- KeySet ----------------------------------------------------------------------
+# --- KeySet ---
 
 
 @pytest.mark.parametrize("encoding", ["pem", "der", "openssh"])
@@ -288,7 +288,7 @@ def test_hmac_is_never_mixed_with_public_keys(tmp_path: Path) -> None:
         KeySet.from_config(cfg)
 
 
-# --- Verifier: keys and headers ----------------------------------------------------
+# --- Verifier: keys and headers ---
 
 
 def test_a_good_token_verifies_with_its_claims() -> None:
@@ -429,7 +429,7 @@ def test_a_payload_that_is_not_an_object_is_malformed() -> None:
     assert reason.startswith("unreadable payload or signature")
 
 
-# --- Verifier: claims -------------------------------------------------------------
+# --- Verifier: claims ---
 
 
 @pytest.mark.parametrize(
@@ -649,6 +649,8 @@ GARBAGE_VERIFIER = Verifier(
 def test_garbage_raises_only_auth_errors(token: str) -> None:
     with pytest.raises(AuthError):
         GARBAGE_VERIFIER.verify(token)
+    report = inspect_token(token, GARBAGE_VERIFIER)
+    assert not report.valid and report.reason
 
 
 @settings(max_examples=200, deadline=None)
@@ -678,7 +680,7 @@ def test_well_signed_garbage_claims_give_a_token_or_an_auth_error(
     assert verified.exp == body["exp"]
 
 
-# --- issuing ----------------------------------------------------------------------
+# --- issuing ---
 
 
 def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -821,7 +823,7 @@ def test_parse_duration_message_explains_the_form() -> None:
     )
 
 
-# --- inspection -------------------------------------------------------------------
+# --- inspection ---
 
 
 def test_inspect_a_valid_token() -> None:
