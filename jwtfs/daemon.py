@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from jwtfs.auth.sources import TokenSource, check_token_file
@@ -32,6 +31,7 @@ from jwtfs.auth.tokens import KeySet, Verifier
 from jwtfs.config import Config, runtime_dir
 from jwtfs.crypto.keys import load_master_key
 from jwtfs.errors import ConfigError, JwtfsError
+from jwtfs.fs import session
 from jwtfs.fs.operations import Operations
 from jwtfs.vault.vault import Paths, Vault
 
@@ -183,9 +183,7 @@ def serve(request: MountRequest, ready_fd: int | None) -> int:
         vault = Vault(vault_paths(request.config), key)
         try:
             operations = Operations(vault, tokens)
-            options = set(pyfuse3.default_options)
-            options |= {"fsname=jwtfs", "subtype=jwtfs"}
-            pyfuse3.init(operations, str(request.mountpoint), options)
+            session.mount(operations, request.mountpoint)
             record = _write_record(request)
             try:
                 trio.run(_main, request, operations, ready_fd)
@@ -207,14 +205,14 @@ async def _main(
             nursery.start_soon(operations.watch_tokens)
             nursery.start_soon(_on_signals, nursery.cancel_scope)
             nursery.start_soon(_announce_ready, request.mountpoint, ready_fd)
-            await pyfuse3.main()
+            await session.serve()
             unmounted = True
             nursery.cancel_scope.cancel()
     finally:
         _notify_systemd("STOPPING=1")
         with trio.CancelScope(shield=True):
             await operations.vault.commit_all()
-        pyfuse3.close(unmount=not unmounted)
+        session.close(unmount=not unmounted)
 
 
 async def _on_signals(scope: trio.CancelScope) -> None:

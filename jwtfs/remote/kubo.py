@@ -82,6 +82,10 @@ class _AsyncReader(Protocol):
     async def read(self, size: int = -1, /) -> bytes: ...
 
 
+# What a request carries as its one multipart file part.
+_Part = bytes | _AsyncReader | None
+
+
 class NodeUnreachableError(RemoteError):
     """No connection to the node could be made, or it broke mid-request."""
 
@@ -111,7 +115,9 @@ class KuboClient:
     Use as ``async with KuboClient(url) as client:`` or call ``aclose``.
     ``authorization`` is sent as the ``Authorization`` header (Kubo's
     ``API.Authorizations``, a Cluster proxy's basic auth). ``timeout`` bounds
-    each read and write; connecting is bounded by ``CONNECT_TIMEOUT``.
+    each read and write; connecting is bounded by ``CONNECT_TIMEOUT``. Every
+    method that takes a CID raises ``CidError`` (a ``ValueError``) before
+    sending anything when it is not one.
     """
 
     def __init__(
@@ -132,10 +138,9 @@ class KuboClient:
             raise ConfigError(f"IPFS API timeout must be positive, got {timeout}")
         self._base = _api_base(api)
         self._timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
-        headers = {"Authorization": authorization} if authorization else {}
         self._client = httpx.AsyncClient(
             base_url=self._base + "/api/v0/",
-            headers=headers,
+            headers={"Authorization": authorization} if authorization else {},
             timeout=self._timeout,
             transport=transport,
             # No proxy from the environment: the API is usually on loopback
@@ -162,7 +167,7 @@ class KuboClient:
         """Close the connection pool.
 
         Raises:
-            Nothing: closing never fails.
+            Nothing: closing does not fail.
         """
         await self._client.aclose()
 
@@ -173,19 +178,19 @@ class KuboClient:
             NodeUnreachableError, NodeTimeoutError: as for every call.
             NodeResponseError: an error status or an answer without a version.
         """
-        answer = await self._json("version", {})
-        version = answer.get("Version")
+        version = (await self._json("version", {})).get("Version")
         if not isinstance(version, str):
-            raise NodeResponseError(f"{self._base}: version answer has no Version")
+            raise self._bad("version", "answered without a Version")
         return version
 
     async def add_stream(self, path: Path, *, pin: bool = True) -> tuple[Cid, int]:
         """Upload the file at ``path`` as one UnixFS file; return (root, Size).
 
         The file is read in 1 MiB pieces while it is sent, so its size does not
-        matter. The DAG is built as ``jwtfs.blocks.unixfs`` builds it (CIDv1,
-        raw leaves, 256 KiB chunks), so the root can be compared with the local
-        one; ``Size`` is the DAG's cumulative size. The file's name is not sent.
+        matter. The DAG is laid out as ``jwtfs.blocks.unixfs`` lays it out
+        (CIDv1, raw leaves, 256 KiB chunks), so the root can be compared with
+        the local one; ``Size`` is the DAG's cumulative size. The file's name is
+        not sent.
 
         Raises:
             OSError: the file cannot be opened or read.
@@ -196,71 +201,66 @@ class KuboClient:
             "cid-version": "1",
             "raw-leaves": "true",
             "chunker": _CHUNKER,
-            "pin": _flag(pin),
+            "pin": "true" if pin else "false",
             "cid-base": "base32",
         }
         async with await trio.open_file(path, "rb") as file:
-            boundary = secrets.token_hex(16)
-            body = _multipart_file(file, boundary)
-            try:
-                entries = await self._json_lines(
-                    "add", params, content=body, headers=_multipart_headers(boundary)
-                )
-            finally:
-                await body.aclose()
+            entries = await self._json_lines("add", params, part=file)
+        # One entry per file added: here exactly one, the root.
         roots = [entry for entry in entries if "Hash" in entry]
-        if not roots:
-            raise NodeResponseError(f"{self._base}: add answered without a root")
-        root = self._cid(roots[-1].get("Hash"), "add")
-        size = self._int(roots[-1].get("Size"), "add")
-        log.debug("added %s (%d bytes in the DAG, pin=%s)", root, size, pin)
+        if len(roots) != 1:
+            raise self._bad("add", f"answered {len(roots)} roots, not 1")
+        root = self._cid(roots[0].get("Hash"), "add")
+        size = self._int(roots[0].get("Size"), "add")
+        log.debug("added %s (DAG size %d, pin=%s)", root, size, pin)
         return root, size
 
     async def pin_add(self, cid: Cid) -> None:
         """Pin ``cid`` and everything below it; a pinned CID stays pinned.
 
-        Progress is requested so that Kubo keeps writing while it fetches a
-        large DAG, which keeps the read timeout from firing.
+        Progress is asked for because Kubo then keeps writing while it fetches
+        a large DAG, so the read timeout does not fire on a pin that advances.
 
         Raises:
             NodeUnreachableError, NodeTimeoutError: as for every call.
             NodeResponseError: an error status (e.g. a block the node lacks),
-                or an answer that does not name ``cid``.
+                or an answer that does not confirm ``cid``.
         """
-        params = {"arg": cid, "recursive": "true", "progress": "true"}
-        entries = await self._json_lines("pin/add", params)
+        arg = normalize_cid(cid)
+        params = {"arg": arg, "recursive": "true", "progress": "true"}
         pins: set[Cid] = set()
-        for entry in entries:
+        for entry in await self._json_lines("pin/add", params):
             value = entry.get("Pins", [])
             if not isinstance(value, list):
-                raise NodeResponseError(f"{self._base}: pin/add answered {entry!r}")
+                raise self._bad("pin/add", f"answered {_clip(repr(entry))}")
             pins.update(self._cid(item, "pin/add") for item in value)
-        if normalize_cid(cid) not in pins:
-            raise NodeResponseError(f"{self._base}: pin/add did not confirm {cid}")
-        log.debug("pinned %s", cid)
+        if arg not in pins:
+            raise self._bad("pin/add", f"did not confirm {arg}")
+        log.debug("pinned %s", arg)
 
     async def pin_rm(self, cid: Cid) -> None:
         """Remove the recursive pin on ``cid``; a CID not pinned is no error.
 
-        A CID only pinned indirectly (inside another pinned DAG) stays there.
+        A CID pinned only indirectly (inside another pinned DAG) stays there.
 
         Raises:
             NodeUnreachableError, NodeTimeoutError: as for every call.
             NodeResponseError: an error status other than "not pinned".
         """
+        arg = normalize_cid(cid)
         try:
-            await self._json_lines("pin/rm", {"arg": cid, "recursive": "true"})
+            await self._json_lines("pin/rm", {"arg": arg, "recursive": "true"})
         except NodeResponseError as exc:
             if not _is_not_pinned(exc):
                 raise
-            log.debug("unpin %s: it was not pinned", cid)
+            log.debug("unpin %s: it was not pinned", arg)
             return
-        log.debug("unpinned %s", cid)
+        log.debug("unpinned %s", arg)
 
     async def pin_ls(self, cid: Cid | None = None) -> set[Cid]:
-        """Return the recursively pinned CIDs, or whether ``cid`` is one of them.
+        """Return the recursively pinned CIDs, normalized.
 
-        With ``cid``, the answer is ``{cid}`` (normalized) or the empty set.
+        With ``cid``, only whether that one is pinned: ``{cid}`` or empty.
 
         Raises:
             NodeUnreachableError, NodeTimeoutError: as for every call.
@@ -269,7 +269,7 @@ class KuboClient:
         """
         params = {"type": "recursive"}
         if cid is not None:
-            params["arg"] = cid
+            params["arg"] = normalize_cid(cid)
         try:
             answer = await self._json("pin/ls", params)
         except NodeResponseError as exc:
@@ -278,7 +278,7 @@ class KuboClient:
             raise
         keys = answer.get("Keys", {})
         if not isinstance(keys, dict):
-            raise NodeResponseError(f"{self._base}: pin/ls answered without Keys")
+            raise self._bad("pin/ls", "answered without a map of Keys")
         return {self._cid(key, "pin/ls") for key in keys}
 
     async def stream_size(self, cid: Cid) -> int:
@@ -296,12 +296,11 @@ class KuboClient:
         """
         codec = cid_codec(cid)
         if codec == RAW:
-            answer = await self._json("block/stat", {"arg": cid})
+            answer = await self._json("block/stat", {"arg": normalize_cid(cid)})
             return self._int(answer.get("Size"), "block/stat")
         if codec == DAG_PB:
-            _, filesize = decode_node(await self.block_get(cid))
-            return filesize
-        raise ValueError(f"{cid} is not a UnixFS file CID")
+            return decode_node(await self.block_get(cid))[1]
+        raise ValueError(f"{cid} is not the CID of a UnixFS file")
 
     async def cat(
         self, cid: Cid, offset: int, length: int, *, size: int | None = None
@@ -310,8 +309,8 @@ class KuboClient:
 
         The answer is shorter only where the file ends, and empty from the end
         on. ``size`` is the file's length when the caller knows it; otherwise
-        it is looked up first (``stream_size``). Bytes come back unverified:
-        the caller authenticates them (the ciphertext format does).
+        it is looked up first (``stream_size``). The bytes are not verified
+        here: the caller authenticates them (the ciphertext format does).
 
         Raises:
             ValueError: ``offset`` or ``length`` is negative.
@@ -321,20 +320,19 @@ class KuboClient:
         """
         if offset < 0 or length < 0:
             raise ValueError(f"bad range: offset {offset}, length {length}")
+        arg = normalize_cid(cid)
         if length == 0:
             return b""
         if size is None:
-            size = await self.stream_size(cid)
+            size = await self.stream_size(arg)
         if offset >= size:
             return b""
         want = min(length, size - offset)
-        params = {"arg": cid, "offset": str(offset), "length": str(want)}
+        params = {"arg": arg, "offset": str(offset), "length": str(want)}
         async with self._stream("cat", params) as response:
             data = await self._read(response, want, "cat")
         if len(data) != want:
-            raise NodeResponseError(
-                f"{self._base}: cat {cid} gave {len(data)} of {want} bytes"
-            )
+            raise self._bad("cat", f"gave {len(data)} of {want} bytes of {arg}")
         return data
 
     async def block_get(self, cid: Cid) -> bytes:
@@ -348,13 +346,14 @@ class KuboClient:
             NodeResponseError: an error status (an offline node lacking the
                 block) or a block over 4 MiB.
         """
-        async with self._stream("block/get", {"arg": cid}) as response:
+        arg = normalize_cid(cid)
+        async with self._stream("block/get", {"arg": arg}) as response:
             data = await self._read(response, _MAX_BLOCK_GET, "block/get")
-        verify_block(cid, data)
+        verify_block(arg, data)
         return data
 
     async def block_put(self, data: bytes) -> Cid:
-        """Store ``data`` as one raw block; return its CID.
+        """Store ``data`` as one raw block, unpinned; return its CID.
 
         Raises:
             ValueError: ``data`` is longer than ``MAX_BLOCK_PUT``.
@@ -364,23 +363,16 @@ class KuboClient:
         """
         if len(data) > MAX_BLOCK_PUT:
             raise ValueError(f"block of {len(data)} bytes is over {MAX_BLOCK_PUT}")
-        boundary = secrets.token_hex(16)
-        head, tail = _multipart_frame(boundary)
         params = {
             "cid-codec": "raw",
             "format": "raw",
             "mhtype": "sha2-256",
             "cid-base": "base32",
         }
-        answer = await self._json(
-            "block/put",
-            params,
-            content=head + data + tail,
-            headers=_multipart_headers(boundary),
-        )
+        answer = await self._json("block/put", params, part=data)
         cid = self._cid(answer.get("Key"), "block/put")
         if cid != cid_for_block(RAW, data):
-            raise NodeResponseError(f"{self._base}: block/put stored it as {cid}")
+            raise self._bad("block/put", f"stored the block as {cid}")
         return cid
 
     async def repo_gc(self) -> None:
@@ -391,12 +383,13 @@ class KuboClient:
                 slow on a node with much pinned; use a generous timeout).
             NodeResponseError: an error status or an error entry in the answer.
         """
-        async with self._stream("repo/gc", {}) as response:
+        # Kubo stops at the first error and reports it in the trailer unless
+        # errors are streamed as entries.
+        params = {"stream-errors": "true"}
+        async with self._stream("repo/gc", params) as response:
             async for entry in self._iter_json(response, "repo/gc"):
                 if entry.get("Error"):
-                    raise NodeResponseError(
-                        f"{self._base}: repo/gc: {_clip(str(entry['Error']))}"
-                    )
+                    raise self._bad("repo/gc", _clip(str(entry["Error"])))
 
     async def dag_import(self, car: Path) -> list[Cid]:
         """Import a CARv1 file and pin its roots; return the roots.
@@ -407,56 +400,49 @@ class KuboClient:
             NodeResponseError: an error status, a root that failed to pin, or
                 an answer without roots.
         """
+        params = {"pin-roots": "true"}
         async with await trio.open_file(car, "rb") as file:
-            boundary = secrets.token_hex(16)
-            body = _multipart_file(file, boundary)
-            try:
-                entries = await self._json_lines(
-                    "dag/import",
-                    {"pin-roots": "true"},
-                    content=body,
-                    headers=_multipart_headers(boundary),
-                )
-            finally:
-                await body.aclose()
+            entries = await self._json_lines("dag/import", params, part=file)
         roots = [
             self._import_root(entry["Root"]) for entry in entries if "Root" in entry
         ]
         if not roots:
-            raise NodeResponseError(f"{self._base}: dag/import answered without roots")
+            raise self._bad("dag/import", "answered without roots")
         return roots
 
-    def _import_root(self, root: Any) -> Cid:
+    def _import_root(self, root: object) -> Cid:
         if not isinstance(root, dict) or not isinstance(root.get("Cid"), dict):
-            raise NodeResponseError(f"{self._base}: dag/import answered {root!r}")
+            raise self._bad("dag/import", f"answered root {_clip(repr(root))}")
         cid = self._cid(root["Cid"].get("/"), "dag/import")
         if root.get("PinErrorMsg"):
-            raise NodeResponseError(
-                f"{self._base}: dag/import could not pin {cid}: "
-                + _clip(str(root["PinErrorMsg"]))
-            )
+            message = _clip(str(root["PinErrorMsg"]))
+            raise self._bad("dag/import", f"could not pin {cid}: {message}")
         return cid
 
     @asynccontextmanager
     async def _stream(
-        self,
-        command: str,
-        params: Mapping[str, str],
-        *,
-        content: bytes | AsyncIterator[bytes] | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, command: str, params: Mapping[str, str], *, part: _Part = None
     ) -> AsyncIterator[httpx.Response]:
         """Send one request and yield its response once the status is fine.
 
-        httpx errors raised while the caller reads the body are translated too.
+        ``part`` becomes the one file part of a multipart body. httpx errors
+        raised while the caller reads the body are translated too.
         """
+        boundary = secrets.token_hex(16)
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        head, tail = _multipart_frame(boundary)
+        body: bytes | AsyncGenerator[bytes, None] | None = None
+        if isinstance(part, bytes):
+            body = head + part + tail
+        elif part is not None:
+            body = _multipart_stream(head, part, tail)
         try:
             async with self._client.stream(
                 "POST",
                 command,
                 params=params,
-                content=content,
-                headers=headers,
+                content=body,
+                headers=headers if part is not None else None,
                 timeout=self._timeout,
             ) as response:
                 if response.status_code >= 400:
@@ -464,35 +450,22 @@ class KuboClient:
                 yield response
         except httpx.HTTPError as exc:
             raise self._translate(exc, command) from exc
+        finally:
+            if isinstance(body, AsyncGenerator):
+                await body.aclose()
 
     async def _json(
-        self,
-        command: str,
-        params: Mapping[str, str],
-        *,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, command: str, params: Mapping[str, str], *, part: _Part = None
     ) -> dict[str, Any]:
-        entries = await self._json_lines(
-            command, params, content=content, headers=headers
-        )
+        entries = await self._json_lines(command, params, part=part)
         if len(entries) != 1:
-            raise NodeResponseError(
-                f"{self._base}: {command} answered {len(entries)} JSON values, not 1"
-            )
+            raise self._bad(command, f"answered {len(entries)} JSON values, not 1")
         return entries[0]
 
     async def _json_lines(
-        self,
-        command: str,
-        params: Mapping[str, str],
-        *,
-        content: bytes | AsyncIterator[bytes] | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, command: str, params: Mapping[str, str], *, part: _Part = None
     ) -> list[dict[str, Any]]:
-        async with self._stream(
-            command, params, content=content, headers=headers
-        ) as response:
+        async with self._stream(command, params, part=part) as response:
             return [entry async for entry in self._iter_json(response, command)]
 
     async def _iter_json(
@@ -501,26 +474,26 @@ class KuboClient:
         """Yield each newline-separated JSON object of a streamed answer."""
         pending = bytearray()
         async for chunk in response.aiter_bytes():
-            pending += chunk
-            *lines, rest = pending.split(b"\n")
-            pending = bytearray(rest)
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                pending += chunk[start:end]
+                if pending.strip():
+                    yield self._parse_entry(pending, command)
+                pending.clear()
+                start = end + 1
+            pending += chunk[start:]
             if len(pending) > _MAX_JSON_LINE:
-                raise NodeResponseError(f"{self._base}: {command}: answer too long")
-            for line in lines:
-                if line.strip():
-                    yield self._parse_entry(line, command)
+                raise self._bad(command, "answered a JSON value over 64 MiB")
         if pending.strip():
             yield self._parse_entry(pending, command)
 
-    def _parse_entry(self, line: bytes | bytearray, command: str) -> dict[str, Any]:
+    def _parse_entry(self, line: bytearray, command: str) -> dict[str, Any]:
         try:
             entry = json.loads(line)
         except ValueError as exc:
-            raise NodeResponseError(
-                f"{self._base}: {command} answered something that is not JSON"
-            ) from exc
+            raise self._bad(command, "answered something that is not JSON") from exc
         if not isinstance(entry, dict):
-            raise NodeResponseError(f"{self._base}: {command} answered {entry!r}")
+            raise self._bad(command, f"answered {_clip(repr(entry))}")
         if entry.get("Type") == "error" and "Message" in entry:
             message = _clip(str(entry["Message"]))
             raise NodeResponseError(
@@ -534,9 +507,7 @@ class KuboClient:
         async for chunk in response.aiter_bytes():
             data += chunk
             if len(data) > limit:
-                raise NodeResponseError(
-                    f"{self._base}: {command} answered more than {limit} bytes"
-                )
+                raise self._bad(command, f"answered more than {limit} bytes")
         return bytes(data)
 
     async def _status_error(
@@ -563,27 +534,26 @@ class KuboClient:
             )
         if isinstance(exc, httpx.TimeoutException):
             return NodeTimeoutError(
-                f"the IPFS node at {self._base} did not answer {command} within "
-                f"{self._timeout.read} s"
+                f"the IPFS node at {self._base} did not answer {command} "
+                f"within {self._timeout.read} s"
             )
         if isinstance(exc, httpx.NetworkError):
             return NodeUnreachableError(
                 f"lost the connection to the IPFS node at {self._base} "
                 f"({command}): {exc}"
             )
-        return NodeResponseError(
-            f"{self._base}: {command}: {type(exc).__name__}: {_clip(str(exc))}"
-        )
+        return self._bad(command, f"{type(exc).__name__}: {_clip(str(exc))}")
+
+    def _bad(self, command: str, what: str) -> NodeResponseError:
+        return NodeResponseError(f"{self._base}: {command} {what}")
 
     def _cid(self, value: object, command: str) -> Cid:
-        if not isinstance(value, str):
-            raise NodeResponseError(f"{self._base}: {command} answered CID {value!r}")
-        try:
-            return normalize_cid(value)
-        except CidError as exc:
-            raise NodeResponseError(
-                f"{self._base}: {command} answered a bad CID {_clip(value)!r}"
-            ) from exc
+        if isinstance(value, str):
+            try:
+                return normalize_cid(value)
+            except CidError:
+                pass
+        raise self._bad(command, f"answered a bad CID {_clip(repr(value))}")
 
     def _int(self, value: object, command: str) -> int:
         # Kubo writes sizes as JSON strings, the JS node as numbers.
@@ -595,7 +565,7 @@ class KuboClient:
             else:
                 if number >= 0:
                     return number
-        raise NodeResponseError(f"{self._base}: {command} answered size {value!r}")
+        raise self._bad(command, f"answered the size {_clip(repr(value))}")
 
 
 def _api_base(api: str) -> str:
@@ -613,23 +583,15 @@ def _api_base(api: str) -> str:
     return str(url.copy_with(path=path or "/", query=None, fragment=None)).rstrip("/")
 
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
-
-
 def _is_not_pinned(exc: NodeResponseError) -> bool:
     # Kubo: "not pinned or pinned indirectly", "path '...' is not pinned";
     # the JS node: "... is not pinned".
     return exc.status is not None and "not pinned" in exc.node_message
 
 
-def _multipart_headers(boundary: str) -> dict[str, str]:
-    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
 def _multipart_frame(boundary: str) -> tuple[bytes, bytes]:
-    # A neutral filename: names stay on this machine. Both node kinds need a
-    # filename and a Content-Type on the part to treat it as file data.
+    # A neutral filename: local names stay on this machine. Both kinds of node
+    # need a filename and a Content-Type on the part to take it as file data.
     head = (
         f"--{boundary}\r\n"
         'Content-Disposition: form-data; name="file"; filename="data"\r\n'
@@ -638,10 +600,9 @@ def _multipart_frame(boundary: str) -> tuple[bytes, bytes]:
     return head, f"\r\n--{boundary}--\r\n".encode("ascii")
 
 
-async def _multipart_file(
-    file: _AsyncReader, boundary: str
+async def _multipart_stream(
+    head: bytes, file: _AsyncReader, tail: bytes
 ) -> AsyncGenerator[bytes, None]:
-    head, tail = _multipart_frame(boundary)
     yield head
     while chunk := await file.read(_UPLOAD_CHUNK):
         yield chunk
