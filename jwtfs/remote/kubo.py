@@ -39,7 +39,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -386,8 +386,11 @@ class KuboClient:
         # Kubo stops at the first error and reports it in the trailer unless
         # errors are streamed as entries.
         params = {"stream-errors": "true"}
-        async with self._stream("repo/gc", params) as response:
-            async for entry in self._iter_json(response, "repo/gc"):
+        async with (
+            self._stream("repo/gc", params) as response,
+            aclosing(self._iter_json(response, "repo/gc")) as entries,
+        ):
+            async for entry in entries:
                 if entry.get("Error"):
                     raise self._bad("repo/gc", _clip(str(entry["Error"])))
 
@@ -470,7 +473,7 @@ class KuboClient:
 
     async def _iter_json(
         self, response: httpx.Response, command: str
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each newline-separated JSON object of a streamed answer."""
         pending = bytearray()
         async for chunk in response.aiter_bytes():
