@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,39 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class IpfsConfig:
-    """Where pins go. ``api`` of None means the embedded store only."""
+    """Where pins go. ``api`` of None means the embedded store only.
+
+    ``authorization`` is the value of the ``Authorization`` header Kubo's
+    ``API.Authorizations`` expects; it comes from the config file or the
+    ``IPFS_API_AUTHORIZATION`` environment variable, never the command line.
+    ``timeout`` bounds every request; ``fetch_timeout`` bounds a read that must
+    fetch evicted content, so a reader gets EIO instead of hanging.
+    """
 
     api: str | None = DEFAULT_IPFS_API
+    authorization: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+    fetch_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long superseded versions stay (locally and pinned).
+
+    A superseded version goes once it is neither among the last
+    ``keep_versions`` superseded versions of its file nor younger than
+    ``keep_seconds``. The current version always stays.
+    """
+
+    keep_versions: int = 1
+    keep_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Local copies of pinned content beyond ``max_bytes`` may be evicted (0: never)."""
+
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,8 @@ class Config:
     master_key_file: Path
     auth: AuthConfig
     ipfs: IpfsConfig = field(default_factory=IpfsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def index_file(self) -> Path:
@@ -125,6 +157,34 @@ class _Table:
             raise self._fail(key, f"must be an integer >= {minimum}")
         return value
 
+    def number(self, key: str, default: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self._fail(key, "must be a number of seconds > 0")
+        return float(value)
+
+    def duration(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool):
+            raise self._fail(key, "must be seconds or a duration like 10m, 8h, 30d")
+        if isinstance(value, int) and value >= 0:
+            return value
+        if isinstance(value, str):
+            seconds = parse_duration(value)
+            if seconds is not None:
+                return seconds
+        raise self._fail(key, "must be seconds or a duration like 10m, 8h, 30d")
+
+    def size(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str):
+            size = parse_size(value)
+            if size is not None:
+                return size
+        raise self._fail(key, "must be bytes or a size like 500M, 20G")
+
     def strings(self, key: str) -> tuple[str, ...]:
         value = self.data.get(key, [])
         if isinstance(value, str):
@@ -143,6 +203,30 @@ class _Table:
         return tuple(
             (base / os.path.expanduser(v)).resolve() for v in self.strings(key)
         )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(text: str) -> int | None:
+    """Seconds in ``90s``, ``10m``, ``8h``, ``30d``, ``2w`` or a plain number."""
+    text = text.strip().lower()
+    if text.isdigit():
+        return int(text)
+    if len(text) > 1 and text[:-1].isdigit() and text[-1] in _UNITS:
+        return int(text[:-1]) * _UNITS[text[-1]]
+    return None
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in ``500M``, ``20G``, ``1T`` (powers of 1024) or a plain number."""
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    digits = text.rstrip("kmgt")
+    unit = text[len(digits) :]
+    if digits.isdigit() and unit in _SIZES:
+        return int(digits) * _SIZES[unit]
+    return None
 
 
 def load_config(directory: Path | None = None) -> Config:
@@ -176,6 +260,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
     vault = _Table(path, "vault", raw.get("vault", {}))
     auth = _Table(path, "auth", raw.get("auth", {}))
     ipfs = _Table(path, "ipfs", raw.get("ipfs", {}))
+    retention = _Table(path, "retention", raw.get("retention", {}))
+    cache = _Table(path, "cache", raw.get("cache", {}))
 
     data_dir = vault.file(base, "data_dir") or default_data_dir()
     master = vault.file(base, "master_key", "master.key")
@@ -204,12 +290,43 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
         auth_config.key_files or auth_config.jwks_file or auth_config.hmac_secret_file
     ):
         raise ConfigError(f"{path}: auth.keys is empty; name a public key file")
-    api = ipfs.string("api", DEFAULT_IPFS_API)
     assert master is not None
     return Config(
         path=path,
         data_dir=data_dir,
         master_key_file=master,
         auth=auth_config,
-        ipfs=IpfsConfig(api=api or None),
+        ipfs=IpfsConfig(
+            api=ipfs.string("api", DEFAULT_IPFS_API) or None,
+            authorization=ipfs.string("authorization"),
+            timeout=ipfs.number("timeout", IpfsConfig.timeout),
+            fetch_timeout=ipfs.number("fetch_timeout", IpfsConfig.fetch_timeout),
+        ),
+        retention=RetentionConfig(
+            keep_versions=retention.integer(
+                "keep_versions", RetentionConfig.keep_versions
+            ),
+            keep_seconds=retention.duration("keep_for", RetentionConfig.keep_seconds),
+        ),
+        cache=CacheConfig(max_bytes=cache.size("max_size", 0)),
     )
+
+
+def with_environment(config: Config, *, ipfs_api: str | None = None) -> Config:
+    """Apply ``IPFS_API``, ``IPFS_API_AUTHORIZATION`` and ``--ipfs-api``.
+
+    The command line wins over the environment, which wins over the file;
+    ``none`` or an empty value means the embedded store only.
+    """
+    api = config.ipfs.api
+    if "IPFS_API" in os.environ:
+        api = os.environ["IPFS_API"]
+    if ipfs_api is not None:
+        api = ipfs_api
+    if api is not None and api.strip().lower() in ("", "none"):
+        api = None
+    authorization = (
+        os.environ.get("IPFS_API_AUTHORIZATION") or config.ipfs.authorization
+    )
+    ipfs = replace(config.ipfs, api=api, authorization=authorization)
+    return replace(config, ipfs=ipfs)

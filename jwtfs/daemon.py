@@ -14,13 +14,14 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,10 @@ from jwtfs.crypto.keys import load_master_key
 from jwtfs.errors import ConfigError, JwtfsError
 from jwtfs.fs import session
 from jwtfs.fs.operations import Operations
+from jwtfs.remote.kubo import KuboClient
+from jwtfs.vault.fetch import RemoteReader
+from jwtfs.vault.index import Index
+from jwtfs.vault.pins import MAINTENANCE_SECONDS, UNREACHABLE_RETRY_SECONDS, PinQueue
 from jwtfs.vault.vault import Paths, Vault
 
 log = logging.getLogger(__name__)
@@ -127,7 +132,11 @@ def _record_path(mountpoint: Path) -> Path:
 def _write_record(request: MountRequest) -> Path:
     path = _record_path(request.mountpoint)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    record = {"pid": os.getpid(), "mountpoint": str(request.mountpoint)}
+    record = {
+        "pid": os.getpid(),
+        "mountpoint": str(request.mountpoint),
+        "data_dir": str(request.config.data_dir),
+    }
     path.write_text(json.dumps(record))
     return path
 
@@ -140,8 +149,108 @@ def read_record(mountpoint: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) else None
 
 
+def running_daemons(config: Config) -> list[int]:
+    """PIDs of live daemons serving this vault."""
+    pids = []
+    for path in runtime_dir().glob("mount-*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = record.get("pid") if isinstance(record, dict) else None
+        same_vault = record.get("data_dir") == str(config.data_dir)
+        if same_vault and isinstance(pid, int) and _alive(pid):
+            pids.append(pid)
+    return pids
+
+
+def flush_backlog(
+    config: Config,
+    *,
+    wait: bool,
+    timeout: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Push queued versions now; return how many are still waiting.
+
+    A running daemon is asked to push (SIGUSR1); without one, the versions
+    are pushed by this process. With ``wait``, return once nothing is queued
+    or ``timeout`` seconds (0: no limit) have passed.
+
+    Raises:
+        ConfigError: no node is configured.
+    """
+    if config.ipfs.api is None:
+        raise ConfigError(
+            f"{config.path}: no IPFS node configured; set ipfs.api, IPFS_API or "
+            "pass --ipfs-api URL"
+        )
+    pids = running_daemons(config)
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    if pids:
+        return _wait_for_backlog(config, wait, timeout, progress)
+    with vault_lock(config):
+        key = load_master_key(config.master_key_file)
+        vault = Vault(vault_paths(config), key, retention=config.retention)
+        try:
+            left: int = trio.run(_push_here, vault, config, wait, timeout, progress)
+            return left
+        finally:
+            vault.close()
+
+
+def _wait_for_backlog(
+    config: Config,
+    wait: bool,
+    timeout: float,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    while True:
+        index = Index(config.index_file, readonly=True)
+        try:
+            files, size = index.pending_pins()
+        finally:
+            index.close()
+        if progress is not None:
+            progress(files, size)
+        if not wait or files == 0:
+            return files
+        if deadline is not None and time.monotonic() > deadline:
+            return files
+        time.sleep(0.2)
+
+
+async def _push_here(
+    vault: Vault,
+    config: Config,
+    wait: bool,
+    timeout: float,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    client = _pin_client(config)
+    assert client is not None
+    async with client:
+        queue = PinQueue(vault, client)
+        vault.index.requeue_interrupted()
+        vault.index.queue_local_versions()
+        vault.index.reset_retry_times()
+        with trio.move_on_after(timeout if timeout > 0 else math.inf):
+            while True:
+                await queue.drain()
+                await queue.unpin_released()
+                files, size = vault.index.pending_pins()
+                if progress is not None:
+                    progress(files, size)
+                if files == 0 or not wait:
+                    break
+                await trio.sleep(UNREACHABLE_RETRY_SECONDS)
+    return vault.index.pending_pins()[0]
+
+
 @contextlib.contextmanager
-def _vault_lock(config: Config) -> Iterator[None]:
+def vault_lock(config: Config) -> Iterator[None]:
     """One daemon per vault: two would write one index behind each other's back."""
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(config.data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -176,11 +285,14 @@ def _notify_systemd(message: str) -> None:
 
 def serve(request: MountRequest, ready_fd: int | None) -> int:
     """Mount and serve until unmounted or signalled; return the exit code."""
-    key = load_master_key(request.config.master_key_file)
-    verifier = Verifier(request.config.auth)
+    config = request.config
+    key = load_master_key(config.master_key_file)
+    verifier = Verifier(config.auth)
     tokens = TokenSource(verifier, request.token_file, request.env_token)
-    with _vault_lock(request.config):
-        vault = Vault(vault_paths(request.config), key)
+    with vault_lock(config):
+        vault = Vault(
+            vault_paths(config), key, retention=config.retention, cache=config.cache
+        )
         try:
             operations = Operations(vault, tokens)
             session.mount(operations, request.mountpoint)
@@ -195,32 +307,71 @@ def serve(request: MountRequest, ready_fd: int | None) -> int:
     return 0
 
 
+def _pin_client(config: Config) -> KuboClient | None:
+    if config.ipfs.api is None:
+        return None
+    return KuboClient(
+        config.ipfs.api,
+        authorization=config.ipfs.authorization,
+        timeout=config.ipfs.timeout,
+    )
+
+
 async def _main(
     request: MountRequest, operations: Operations, ready_fd: int | None
 ) -> None:
-    log.info("mounted %s", request.mountpoint)
+    vault = operations.vault
+    client = _pin_client(request.config)
+    queue = None
+    if client is not None:
+        vault.remote = RemoteReader(client, timeout=request.config.ipfs.fetch_timeout)
+        queue = PinQueue(vault, client)
+        vault.on_new_version = queue.wake
+        log.info(
+            "mounted %s; pinning to %s", request.mountpoint, request.config.ipfs.api
+        )
+    else:
+        log.info("mounted %s; no IPFS node configured", request.mountpoint)
     unmounted = False
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(operations.watch_tokens)
-            nursery.start_soon(_on_signals, nursery.cancel_scope)
+            nursery.start_soon(_on_signals, nursery.cancel_scope, queue)
             nursery.start_soon(_announce_ready, request.mountpoint, ready_fd)
+            nursery.start_soon(_maintain, vault)
+            if queue is not None:
+                nursery.start_soon(queue.run)
             await session.serve()
             unmounted = True
             nursery.cancel_scope.cancel()
     finally:
         _notify_systemd("STOPPING=1")
         with trio.CancelScope(shield=True):
-            await operations.vault.commit_all()
+            await vault.commit_all()
+            if client is not None:
+                await client.aclose()
         session.close(unmount=not unmounted)
 
 
-async def _on_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _maintain(vault: Vault) -> None:
+    while True:
+        await trio.sleep(MAINTENANCE_SECONDS)
+        try:
+            vault.maintain()
+        except JwtfsError as err:
+            log.warning("maintenance failed: %s", err)
+
+
+async def _on_signals(scope: trio.CancelScope, queue: PinQueue | None) -> None:
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
-            log.info(
-                "%s received; committing and unmounting", signal.Signals(signum).name
-            )
+            if signum == signal.SIGUSR1:
+                if queue is not None:
+                    queue.retry_now()
+                continue
+            name = signal.Signals(signum).name
+            log.info("%s received; committing and unmounting", name)
             scope.cancel()
             return
 

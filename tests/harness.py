@@ -67,8 +67,31 @@ class VaultHarness:
             )
         return result
 
-    def init(self) -> None:
+    def init(self, *, ipfs_api: str | None = None) -> None:
+        """Create the vault; it pins to ``ipfs_api``, or to no node at all."""
         self.jwtfs("init")
+        self.set_config("ipfs", "api", ipfs_api or "")
+
+    def set_config(self, table: str, key: str, value: str | int) -> None:
+        """Set one key of config.toml (the file jwtfs init wrote)."""
+        path = self.config_dir / "config.toml"
+        lines = path.read_text().splitlines()
+        rendered = f"{key} = {value!r}" if isinstance(value, int) else f'{key} = "{value}"'
+        start = lines.index(f"[{table}]") if f"[{table}]" in lines else None
+        if start is None:
+            lines += ["", f"[{table}]", rendered]
+        else:
+            end = next(
+                (i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+                len(lines),
+            )
+            for i in range(start + 1, end):
+                if lines[i].split("=")[0].strip() == key:
+                    lines[i] = rendered
+                    break
+            else:
+                lines.insert(start + 1, rendered)
+        path.write_text("\n".join(lines) + "\n")
 
     def issue(
         self,

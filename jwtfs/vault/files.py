@@ -131,11 +131,50 @@ class OpenFile:
         return plain
 
     async def _load_many(self, indexes: list[int]) -> dict[int, bytearray]:
-        fd = self._read_fd()
         lengths = {i: self._logical_length(i) for i in indexes}
+        if self._base_is_remote():
+            stored = await self._fetch_segments(indexes)
+            return await self._in_thread(lambda: self._decrypt_fetched(stored, lengths))
+        fd = self._read_fd()
         if fd is None:
             return {i: bytearray(n) for i, n in lengths.items()}
         return await self._in_thread(lambda: self._decrypt_from(fd, lengths))
+
+    def _base_is_remote(self) -> bool:
+        """True when the committed stream was evicted and must come from the node."""
+        if self._staging_fd is not None or self.base_cid is None:
+            return False
+        if self._base_fd is not None:
+            return False
+        return not self.vault.store.has_stream(self.vault.as_cid(self.base_cid))
+
+    async def _fetch_segments(self, indexes: list[int]) -> dict[int, bytes]:
+        remote = self.vault.remote
+        assert self.base_cid is not None
+        if remote is None:
+            raise StoreError(f"stream {self.base_cid} is not stored locally")
+        cid = self.vault.as_cid(self.base_cid)
+        stored_size = segment_stored_size(self.segment_size)
+        return {
+            i: await remote.read(cid, segment_offset(self.segment_size, i), stored_size)
+            for i in indexes
+        }
+
+    def _decrypt_fetched(
+        self, stored: dict[int, bytes], lengths: dict[int, int]
+    ) -> dict[int, bytearray]:
+        return {
+            i: self._fit(self._decrypt(i, data) if data else b"", lengths[i])
+            for i, data in stored.items()
+        }
+
+    @staticmethod
+    def _fit(plain: bytes, length: int) -> bytearray:
+        result = bytearray(plain)
+        if len(result) < length:
+            result.extend(bytes(length - len(result)))
+        del result[length:]
+        return result
 
     def _decrypt_from(self, fd: int, lengths: dict[int, int]) -> dict[int, bytearray]:
         stored_size = segment_stored_size(self.segment_size)
@@ -145,11 +184,7 @@ class OpenFile:
                 stored = os.pread(fd, stored_size, segment_offset(self.segment_size, i))
             except OSError as err:
                 raise _os_error(err, f"reading inode {self.inode}") from err
-            plain = bytearray(self._decrypt(i, stored) if stored else b"")
-            if len(plain) < length:
-                plain.extend(bytes(length - len(plain)))
-            del plain[length:]
-            result[i] = plain
+            result[i] = self._fit(self._decrypt(i, stored) if stored else b"", length)
         return result
 
     def _decrypt(self, index: int, stored: bytes) -> bytes:
@@ -293,6 +328,9 @@ class OpenFile:
         """Create the staging stream, copying at most ``needed`` committed bytes."""
         if self._staging_fd is not None:
             return
+        if self._base_is_remote():
+            assert self.base_cid is not None
+            await self.vault.restore_stream(self.base_cid)
         path = self.vault.new_staging_path(self.inode)
         base = self._read_fd()
         header = self.cipher.header.pack()

@@ -8,7 +8,9 @@ power loss after the next checkpoint, which ``sync()`` forces for fsync.
 Schema, table by table:
 
 ``meta``
-    key, value: vault-wide facts (``schema``: the schema version, ``vault_id``).
+    key, value: vault-wide facts (``schema``: the schema version, ``vault_id``,
+    ``node_state``/``node_since``: whether the pin target last answered, since
+    when).
 
 ``inodes`` (one row per file, directory, symlink or special file)
     id        the inode number the kernel sees; 1 is the mount root.
@@ -39,8 +41,14 @@ Schema, table by table:
     size          plaintext bytes; stored_size: ciphertext stream bytes.
     created_ns    when it was committed; superseded_ns: when a newer version
                   replaced it (NULL for the current one).
-    state         where the stream is: ``local`` (embedded store only),
-                  ``queued``/``pinning``/``pinned``/``failed`` for a node.
+    state         where the stream is: ``local`` (embedded store only, no
+                  node configured), ``queued`` (waiting for the pin queue),
+                  ``pinning`` (being pushed), ``pinned`` (the node holds and
+                  pins it), ``failed`` (given up; ``reason`` says why).
+    reason        why the last push failed, else NULL.
+    attempts      pushes tried so far; next_try_ns: not before this time.
+    local         1 while the stream is in the embedded store, 0 once evicted.
+    used_ns       when the stream was last opened, for eviction by age.
 
 ``xattrs``
     inode, name, value: extended attributes, raw bytes.
@@ -95,8 +103,14 @@ CREATE TABLE versions (
     stored_size INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,
     superseded_ns INTEGER,
-    state TEXT NOT NULL DEFAULT 'local'
+    state TEXT NOT NULL DEFAULT 'local',
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_ns INTEGER NOT NULL DEFAULT 0,
+    local INTEGER NOT NULL DEFAULT 1,
+    used_ns INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX versions_state ON versions (state);
 CREATE INDEX versions_inode ON versions (inode);
 CREATE INDEX versions_cid ON versions (cid);
 CREATE TABLE xattrs (
@@ -154,6 +168,17 @@ class VersionRow:
     created_ns: int
     superseded_ns: int | None
     state: str
+    reason: str | None
+    attempts: int
+    next_try_ns: int
+    local: bool
+    used_ns: int
+
+
+_VERSION_COLUMNS = (
+    "id, inode, cid, size, stored_size, created_ns, superseded_ns, state, reason, "
+    "attempts, next_try_ns, local, used_ns"
+)
 
 
 @dataclass(frozen=True)
@@ -395,6 +420,22 @@ class Index:
         )
         return [Dentry(*r) for r in rows]
 
+    def resolve(self, path: bytes) -> int | None:
+        """The inode at an absolute path inside the vault, or None."""
+        inode: int | None = ROOT_INODE
+        for name in path.split(b"/"):
+            if name and inode is not None:
+                inode = self.lookup(inode, name)
+        return inode
+
+    def pending_pins(self) -> tuple[int, int]:
+        """Versions of any age still queued or being pushed, and their bytes."""
+        row = self._run(
+            "SELECT count(*), coalesce(sum(stored_size), 0) FROM versions "
+            "WHERE state IN ('queued', 'pinning')"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def walk(self) -> Iterator[tuple[bytes, int]]:
         """Yield (path, inode) of every name, parents before children."""
         pending: list[tuple[bytes, int]] = [(b"", ROOT_INODE)]
@@ -438,42 +479,33 @@ class Index:
 
     def get_version(self, version: int) -> VersionRow | None:
         row = self._run(
-            "SELECT id, inode, cid, size, stored_size, created_ns, superseded_ns, "
-            "state FROM versions WHERE id=?",
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id=?",
             (version,),
         ).fetchone()
         return None if row is None else VersionRow(*row)
 
     def versions_of(self, inode: int) -> list[VersionRow]:
         rows = self._run(
-            "SELECT id, inode, cid, size, stored_size, created_ns, superseded_ns, "
-            "state FROM versions WHERE inode=? ORDER BY id",
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE inode=? ORDER BY id",
             (inode,),
         )
         return [VersionRow(*r) for r in rows]
 
     def superseded_versions(self) -> list[VersionRow]:
         rows = self._run(
-            "SELECT id, inode, cid, size, stored_size, created_ns, superseded_ns, "
-            "state FROM versions WHERE superseded_ns IS NOT NULL ORDER BY id"
+            f"SELECT {_VERSION_COLUMNS} FROM versions "
+            "WHERE superseded_ns IS NOT NULL ORDER BY id"
         )
         return [VersionRow(*r) for r in rows]
 
     def delete_version(self, version: int) -> None:
         self._write("DELETE FROM versions WHERE id=?", (version,))
 
-    def delete_versions_of(self, inode: int) -> list[str]:
-        """Delete every version of ``inode``; return their CIDs."""
-        with self.transaction():
-            cids = [
-                str(r[0])
-                for r in self._run("SELECT cid FROM versions WHERE inode=?", (inode,))
-            ]
-            self._run("DELETE FROM versions WHERE inode=?", (inode,))
-        return cids
-
     def cid_in_use(self, cid: str) -> bool:
-        row = self._run("SELECT 1 FROM versions WHERE cid=? LIMIT 1", (cid,)).fetchone()
+        """Whether a version other than one waiting to be unpinned uses ``cid``."""
+        row = self._run(
+            "SELECT 1 FROM versions WHERE cid=? AND state != 'unpin' LIMIT 1", (cid,)
+        ).fetchone()
         return row is not None
 
     def current_cids(self) -> set[str]:
@@ -489,6 +521,123 @@ class Index:
 
     def stored_bytes(self) -> int:
         row = self._run("SELECT coalesce(sum(stored_size), 0) FROM versions").fetchone()
+        return int(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+        )
+
+    # The pin queue
+
+    def next_pin_work(self, now_ns: int) -> VersionRow | None:
+        """The oldest queued version whose retry time has come."""
+        row = self._run(
+            f"SELECT {_VERSION_COLUMNS} FROM versions "
+            "WHERE state='queued' AND next_try_ns <= ? ORDER BY id LIMIT 1",
+            (now_ns,),
+        ).fetchone()
+        return None if row is None else VersionRow(*row)
+
+    def next_retry_ns(self) -> int | None:
+        row = self._run(
+            "SELECT min(next_try_ns) FROM versions WHERE state='queued'"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def set_pin_state(
+        self,
+        version: int,
+        state: str,
+        *,
+        reason: str | None = None,
+        attempts: int | None = None,
+        next_try_ns: int | None = None,
+    ) -> None:
+        columns: dict[str, object] = {"state": state, "reason": reason}
+        if attempts is not None:
+            columns["attempts"] = attempts
+        if next_try_ns is not None:
+            columns["next_try_ns"] = next_try_ns
+        names = ", ".join(f"{name}=?" for name in columns)
+        self._write(
+            f"UPDATE versions SET {names} WHERE id=?", (*columns.values(), version)
+        )
+
+    def reset_retry_times(self) -> None:
+        self._write("UPDATE versions SET next_try_ns=0 WHERE state='queued'")
+
+    def versions_to_unpin(self) -> list[VersionRow]:
+        rows = self._run(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state='unpin' ORDER BY id"
+        )
+        return [VersionRow(*r) for r in rows]
+
+    def release_versions_of(self, inode: int) -> None:
+        """Mark every version of a deleted file superseded (for retention)."""
+        self._write(
+            "UPDATE versions SET superseded_ns=? "
+            "WHERE inode=? AND superseded_ns IS NULL",
+            (time.time_ns(), inode),
+        )
+
+    def inodes_with_superseded(self) -> list[int]:
+        rows = self._run(
+            "SELECT DISTINCT inode FROM versions "
+            "WHERE superseded_ns IS NOT NULL AND state != 'unpin'"
+        )
+        return [int(r[0]) for r in rows]
+
+    def requeue_interrupted(self) -> int:
+        """Versions left ``pinning`` by a stopped daemon go back in the queue."""
+        return self._write(
+            "UPDATE versions SET state='queued' WHERE state='pinning'"
+        ).rowcount
+
+    def queue_local_versions(self) -> int:
+        """Queue versions written while no node was configured."""
+        return self._write(
+            "UPDATE versions SET state='queued', next_try_ns=0 WHERE state='local'"
+        ).rowcount
+
+    def backlog(self) -> tuple[int, int]:
+        """Files and stream bytes waiting to be pinned."""
+        row = self._run(
+            "SELECT count(*), coalesce(sum(stored_size), 0) FROM versions "
+            "WHERE state IN ('queued', 'pinning') AND superseded_ns IS NULL"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def failed_versions(self) -> list[VersionRow]:
+        rows = self._run(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state='failed' ORDER BY id"
+        )
+        return [VersionRow(*r) for r in rows]
+
+    def mark_used(self, cid: str, now_ns: int) -> None:
+        self._write("UPDATE versions SET used_ns=? WHERE cid=?", (now_ns, cid))
+
+    def set_local(self, cid: str, local: bool) -> None:
+        self._write("UPDATE versions SET local=? WHERE cid=?", (int(local), cid))
+
+    def is_local(self, cid: str) -> bool:
+        row = self._run(
+            "SELECT max(local) FROM versions WHERE cid=?", (cid,)
+        ).fetchone()
+        return row[0] is None or bool(row[0])
+
+    def eviction_candidates(self) -> list[VersionRow]:
+        """Local streams a node has pinned, least recently used first."""
+        rows = self._run(
+            f"SELECT {_VERSION_COLUMNS} FROM versions "
+            "WHERE state='pinned' AND local=1 ORDER BY used_ns, id"
+        )
+        return [VersionRow(*r) for r in rows]
+
+    def local_bytes(self) -> int:
+        row = self._run(
+            "SELECT coalesce(sum(stored_size), 0) FROM versions WHERE local=1"
+        ).fetchone()
         return int(row[0])
 
     # Extended attributes

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -23,11 +24,13 @@ import trio
 from jwtfs.blocks.cid import Cid
 from jwtfs.blocks.store import BlockStore
 from jwtfs.blocks.unixfs import Dag
+from jwtfs.config import CacheConfig, RetentionConfig
 from jwtfs.crypto.keys import MasterKey
 from jwtfs.crypto.segments import FileCipher, Header, new_header
 from jwtfs.errors import FilesystemError, NotFoundError, StoreError
+from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.files import OpenFile
-from jwtfs.vault.index import ROOT_INODE, Index, InodeRow
+from jwtfs.vault.index import ROOT_INODE, Index, InodeRow, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,22 @@ def initialize(paths: Paths, *, uid: int, gid: int) -> str:
 class Vault:
     """One mounted vault: the tree, the open files, the store."""
 
-    def __init__(self, paths: Paths, key: MasterKey) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        key: MasterKey,
+        *,
+        retention: RetentionConfig | None = None,
+        cache: CacheConfig | None = None,
+        remote: RemoteReader | None = None,
+    ) -> None:
         self.paths = paths
+        self.retention = retention or RetentionConfig()
+        self.cache = cache or CacheConfig()
+        # Reads evicted content; None when no node is configured.
+        self.remote = remote
+        # Called after each new version, so the pin queue wakes up.
+        self.on_new_version: Callable[[], None] | None = None
         self.index = Index(paths.index)
         if not self.index.has_schema():
             raise StoreError(f"{paths.index}: not a jwtfs index; run 'jwtfs init'")
@@ -249,10 +266,26 @@ class Vault:
     def _destroy(self, inode: int) -> None:
         """Delete an inode with no names and no handles, and its content."""
         with self.index.transaction():
-            cids = self.index.delete_versions_of(inode)
+            versions = self.index.versions_of(inode)
+            self.index.release_versions_of(inode)
             self.index.delete_inode(inode)
-        for cid in cids:
-            self._forget_stream(cid)
+            for version in versions:
+                self._release(version)
+
+    def _release(self, version: VersionRow) -> None:
+        """Let go of a version: unpin it later if a node holds it, else forget it."""
+        if version.state in ("pinned", "pinning"):
+            self.index.set_pin_state(version.id, "unpin")
+            self._forget_stream(version.cid)
+            if self.on_new_version is not None:
+                self.on_new_version()
+        else:
+            self.forget_version(version)
+
+    def forget_version(self, version: VersionRow) -> None:
+        """Delete a version's row, and its local stream unless another uses it."""
+        self.index.delete_version(version.id)
+        self._forget_stream(version.cid)
 
     def _forget_stream(self, cid: str) -> None:
         if not self.index.cid_in_use(cid):
@@ -430,6 +463,8 @@ class Vault:
                 None if row.version is None else self.index.get_version(row.version)
             )
             base = None if version is None else version.cid
+            if base is not None:
+                self.index.mark_used(base, time.time_ns())
             open_file = OpenFile(self, inode, cipher, row.size, base)
             self.open_files[inode] = open_file
         open_file.handles += 1
@@ -485,24 +520,82 @@ class Vault:
                 cid=str(dag.root),
                 size=size,
                 stored_size=dag.length,
-                state="local",
+                state="local" if self.on_new_version is None else "queued",
             )
             if open_file is not None and open_file.mtime_ns is not None:
                 self.index.update_inode(
                     inode, mtime_ns=open_file.mtime_ns, ctime_ns=open_file.mtime_ns
                 )
                 open_file.mtime_ns = None
-        self._apply_retention(inode)
+        self.apply_retention(inode)
         if durable:
             self.index.sync()
+        if self.on_new_version is not None:
+            self.on_new_version()
 
-    def _apply_retention(self, inode: int) -> None:
-        # TODO: keep superseded versions by a retention policy once they can be
-        # pinned on a node; with the embedded store alone they are dropped.
-        for version in self.index.versions_of(inode):
-            if version.superseded_ns is not None:
-                self.index.delete_version(version.id)
-                self._forget_stream(version.cid)
+    def apply_retention(self, inode: int) -> None:
+        """Release superseded versions of ``inode`` that the policy does not keep."""
+        now = time.time_ns()
+        keep_ns = self.retention.keep_seconds * 1_000_000_000
+        superseded = [
+            v
+            for v in self.index.versions_of(inode)
+            if v.superseded_ns is not None and v.state != "unpin"
+        ]
+        superseded.sort(key=lambda v: v.id, reverse=True)
+        alive = self.index.get_inode(inode) is not None
+        for rank, version in enumerate(superseded):
+            assert version.superseded_ns is not None
+            young = now - version.superseded_ns < keep_ns
+            if alive and (rank < self.retention.keep_versions or young):
+                continue
+            self._release(version)
+
+    def maintain(self) -> None:
+        """Retention for every file, then eviction down to the cache limit."""
+        for inode in self.index.inodes_with_superseded():
+            self.apply_retention(inode)
+        self.evict()
+
+    def evict(self) -> int:
+        """Drop local copies of pinned streams, least recently used first."""
+        limit = self.cache.max_bytes
+        if limit <= 0 or self.remote is None:
+            return 0
+        used = self.index.local_bytes()
+        evicted = 0
+        open_cids = {f.base_cid for f in self.open_files.values()}
+        for version in self.index.eviction_candidates():
+            if used <= limit:
+                break
+            if version.cid in open_cids:
+                continue
+            self.store.remove_stream(Cid(version.cid))
+            self.index.set_local(version.cid, False)
+            used -= version.stored_size
+            evicted += 1
+        if evicted:
+            log.info("evicted %d pinned streams from the local cache", evicted)
+        return evicted
+
+    async def restore_stream(self, cid: str) -> None:
+        """Bring an evicted stream back into the embedded store.
+
+        Raises:
+            StoreError: no node is configured to fetch it from.
+            RemoteError, IntegrityError: the node failed or sent wrong bytes.
+        """
+        if self.remote is None:
+            raise StoreError(f"stream {cid} is not stored locally")
+        target = self.paths.staging / f"restore.{next(self._staging_names)}"
+        try:
+            await self.remote.download(Cid(cid), target)
+            await trio.to_thread.run_sync(
+                lambda: self.store.add_stream(target, durable=False)
+            )
+        finally:
+            target.unlink(missing_ok=True)
+        self.index.set_local(cid, True)
 
     def new_staging_path(self, inode: int) -> Path:
         return self.paths.staging / f"{inode}.{next(self._staging_names)}"

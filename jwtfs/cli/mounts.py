@@ -1,0 +1,71 @@
+"""``jwtfs mount``, ``umount`` and ``flush``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
+from jwtfs.cli.reports import human_size
+from jwtfs.config import load_config, with_environment
+from jwtfs.daemon import (
+    check_mount_request,
+    flush_backlog,
+    serve,
+    setup_logging,
+    start_background,
+    unmount,
+)
+
+
+def mount(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    config = with_environment(load_config(), ipfs_api=args.ipfs_api)
+    env_token = os.environ.get("JWTFS_TOKEN") or None
+    request, warnings = check_mount_request(
+        config, args.mountpoint, args.token_file, env_token
+    )
+    for warning in warnings:
+        print(f"jwtfs: warning: {warning}", file=sys.stderr)
+    if args.foreground:
+        return serve(request, args.ready_fd)
+    argv = ["mount", str(request.mountpoint)]
+    if request.token_file is not None:
+        argv += ["--token-file", str(request.token_file)]
+    if args.verbose:
+        argv.append("--verbose")
+    if args.ipfs_api is not None:
+        argv += ["--ipfs-api", args.ipfs_api]
+    log_path = config.data_dir / "mount.log"
+    start_background(argv, log_path)
+    print(f"mounted {request.mountpoint} (log: {log_path})")
+    return EXIT_OK
+
+
+def umount(args: argparse.Namespace) -> int:
+    unmount(args.mountpoint)
+    return EXIT_OK
+
+
+def flush(args: argparse.Namespace) -> int:
+    config = with_environment(load_config())
+    show = sys.stderr.isatty()
+
+    def progress(files: int, size: int) -> None:
+        if show:
+            print(
+                f"\r{files} files ({human_size(size)}) to pin   ",
+                end="",
+                file=sys.stderr,
+            )
+
+    left = flush_backlog(
+        config, wait=args.wait, timeout=args.timeout, progress=progress
+    )
+    if show:
+        print(file=sys.stderr)
+    if args.wait and left:
+        print(f"jwtfs: {left} versions still wait to be pinned", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK

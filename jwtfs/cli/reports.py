@@ -1,0 +1,195 @@
+"""``jwtfs index``, ``status`` and ``export``: what is stored, where, in what state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import trio
+
+from jwtfs.blocks.car import write_car
+from jwtfs.blocks.cid import Cid
+from jwtfs.blocks.store import BlockStore
+from jwtfs.cli.codes import EXIT_OK
+from jwtfs.config import Config, load_config, with_environment
+from jwtfs.errors import ConfigError, JwtfsError, RemoteError
+from jwtfs.remote.kubo import KuboClient
+from jwtfs.vault.index import Index
+
+# How long ``status`` waits for the node before calling it unreachable.
+PROBE_SECONDS = 3.0
+
+
+def show_path(path: bytes) -> str:
+    """A path for a terminal: undecodable bytes and control characters escaped."""
+    text = path.decode("utf-8", errors="backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _open_index(config: Config) -> Index:
+    if not config.index_file.exists():
+        raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")
+    return Index(config.index_file, readonly=True)
+
+
+def index(args: argparse.Namespace) -> int:
+    config = load_config()
+    prefix = os.fsencode(args.path).rstrip(b"/")
+    db = _open_index(config)
+    rows = []
+    try:
+        for path, inode in db.walk():
+            if prefix and path != prefix and not path.startswith(prefix + b"/"):
+                continue
+            row = db.get_inode(inode)
+            if row is None or not row.is_reg:
+                continue
+            version = None if row.version is None else db.get_version(row.version)
+            rows.append(
+                {
+                    "path": show_path(path),
+                    "size": row.size,
+                    "cid": version.cid if version else None,
+                    "state": version.state if version else "empty",
+                }
+            )
+    finally:
+        db.close()
+    rows.sort(key=lambda r: str(r["path"]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        print(f"{r['state']:<8} {r['size']:>12}  {r['cid'] or '-':<60}  {r['path']}")
+    return EXIT_OK
+
+
+async def _probe(config: Config) -> tuple[bool, str]:
+    assert config.ipfs.api is not None
+    try:
+        async with KuboClient(
+            config.ipfs.api,
+            authorization=config.ipfs.authorization,
+            timeout=PROBE_SECONDS,
+        ) as client:
+            return True, await client.version()
+    except RemoteError as err:
+        return False, str(err)
+
+
+def _collect(config: Config) -> dict[str, Any]:
+    db = _open_index(config)
+    try:
+        counts = db.version_counts()
+        files, size = db.backlog()
+        report: dict[str, Any] = {
+            "vault_id": db.meta("vault_id"),
+            "config": str(config.path),
+            "data_dir": str(config.data_dir),
+            "inodes": db.count_inodes(),
+            "index_integrity": db.integrity_check(),
+            "states": counts,
+            "backlog": {"files": files, "bytes": size},
+            "failed": [
+                {"cid": v.cid, "reason": v.reason} for v in db.failed_versions()
+            ],
+        }
+        node_state, node_since = db.meta("node_state"), db.meta("node_since")
+    finally:
+        db.close()
+    usage = BlockStore(config.store_dir).usage()
+    report["store"] = {"streams": usage.streams, "bytes": usage.bytes}
+    pushed = sum(n for state, n in counts.items() if state in ("pinned", "pinning"))
+    report["left_machine"] = pushed > 0
+    node: dict[str, Any] = {"api": config.ipfs.api}
+    if config.ipfs.api is not None:
+        reachable, detail = trio.run(_probe, config)
+        node.update(reachable=reachable, detail=detail)
+        if node_state is not None and node_since is not None:
+            node["last_seen_state"] = node_state
+            node["since"] = _iso(int(node_since))
+    report["node"] = node
+    return report
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+def status(args: argparse.Namespace) -> int:
+    config = with_environment(load_config())
+    report = _collect(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    states = report["states"]
+    stored = sum(states.values())
+    print(f"vault      {report['vault_id']}")
+    print(f"config     {report['config']}")
+    print(f"data       {report['data_dir']}")
+    print(
+        f"files      {stored} stored, {report['inodes']} inodes in the index "
+        f"({report['index_integrity']})"
+    )
+    store = report["store"]
+    print(
+        f"store      {store['streams']} streams, {human_size(store['bytes'])} on disk"
+    )
+    print(
+        "states     "
+        + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "-")
+    )
+    node = report["node"]
+    if node["api"] is None:
+        print("node       none configured (ipfs.api is empty)")
+    else:
+        answer = "reachable" if node["reachable"] else f"unreachable ({node['detail']})"
+        since = (
+            f", {node['last_seen_state']} since {node['since']}"
+            if "since" in node
+            else ""
+        )
+        print(f"node       {node['api']}: {answer}{since}")
+        backlog = report["backlog"]
+        print(f"backlog    {backlog['files']} files, {human_size(backlog['bytes'])}")
+    for failed in report["failed"]:
+        print(f"failed     {failed['cid']}: {failed['reason']}")
+    if not report["left_machine"]:
+        print("network    nothing has left this machine: every version is local only")
+    return EXIT_OK
+
+
+def export(args: argparse.Namespace) -> int:
+    config = load_config()
+    db = _open_index(config)
+    try:
+        inode = db.resolve(os.fsencode(args.car))
+        row = None if inode is None else db.get_inode(inode)
+        if row is None or not row.is_reg:
+            raise ConfigError(f"{args.car}: no such file in the vault")
+        version = None if row.version is None else db.get_version(row.version)
+    finally:
+        db.close()
+    if version is None:
+        raise JwtfsError(f"{args.car}: nothing committed yet")
+    store = BlockStore(config.store_dir)
+    if not store.has_stream(Cid(version.cid)):
+        raise JwtfsError(
+            f"{args.car}: its content is evicted; read the file once first"
+        )
+    write_car(store, Cid(version.cid), sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
