@@ -22,7 +22,10 @@ Tsize. The root's cumulative size is the ``Size`` that ``add`` reports.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +122,22 @@ class DagBuilder:
             pos += CHUNK_SIZE
         self._pending += view[pos:]
 
+    def feed_zero_chunks(self, count: int) -> None:
+        """Add ``count`` whole chunks of zeros without hashing them again.
+
+        Only valid at a chunk boundary; sparse streams use it for their holes.
+
+        Raises:
+            RuntimeError: ``finish`` was already called, or the stream so far
+                does not end on a chunk boundary.
+        """
+        if self._finished or self._pending:
+            raise RuntimeError("DagBuilder.feed_zero_chunks off a chunk boundary")
+        cid = _zero_chunk_cid()
+        for _ in range(count):
+            self._leaves.append(Leaf(cid, self._offset, CHUNK_SIZE))
+            self._offset += CHUNK_SIZE
+
     def finish(self) -> Dag:
         """Return the DAG of everything fed so far.
 
@@ -165,9 +184,39 @@ def build_dag_from_file(path: Path, *, buffer_size: int = 4 * CHUNK_SIZE) -> Dag
     buffer = bytearray(buffer_size)
     view = memoryview(buffer)
     with path.open("rb", buffering=0) as stream:
-        while count := stream.readinto(buffer):
+        fd = stream.fileno()
+        size = os.fstat(fd).st_size
+        offset = 0
+        while offset < size:
+            if offset % CHUNK_SIZE == 0:
+                # Whole chunks inside a hole are zeros with a known CID.
+                holes = (min(_next_data(fd, offset, size), size) - offset) // CHUNK_SIZE
+                if holes:
+                    builder.feed_zero_chunks(holes)
+                    offset += holes * CHUNK_SIZE
+                    continue
+            count = os.preadv(fd, [view[: min(buffer_size, size - offset)]], offset)
+            if count == 0:
+                break
             builder.feed(view[:count])
+            offset += count
     return builder.finish()
+
+
+def _next_data(fd: int, offset: int, size: int) -> int:
+    """Where the next data after ``offset`` starts (``size`` when none)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            return size
+        # The filesystem cannot tell holes apart: treat everything as data.
+        return offset
+
+
+@functools.cache
+def _zero_chunk_cid() -> Cid:
+    return make_cid(RAW, hashlib.sha256(bytes(CHUNK_SIZE)).digest())
 
 
 def encode_node(children: list[tuple[Cid, int, int]]) -> bytes:

@@ -85,4 +85,5 @@ def guarded(handler: F) -> F:
             )
             raise pyfuse3.FUSEError(errno.EIO) from None
 
+    wrapper.__guarded__ = True  # type: ignore[attr-defined]
     return cast(F, wrapper)

@@ -49,6 +49,12 @@ IO_SIZE = 128 * 1024
 
 READ, WRITE = "read", "write"
 
+# Read-only attributes every stored file shows, so getfattr and file managers
+# can tell where its content is: the current CID and its pin state.
+CID_XATTR = b"user.jwtfs.cid"
+PIN_XATTR = b"user.jwtfs.pin"
+VIRTUAL_XATTRS = (CID_XATTR, PIN_XATTR)
+
 
 @dataclass
 class Handle:
@@ -86,10 +92,19 @@ def _entry(row: InodeRow) -> pyfuse3.EntryAttributes:
 
 
 class Operations(pyfuse3.Operations):
-    """pyfuse3 handlers for one mounted vault."""
+    """pyfuse3 handlers for one mounted vault.
+
+    Every request handler, here and in any subclass, is wrapped by
+    ``guarded`` when the class is made: an exception that escaped a handler
+    would end pyfuse3's main loop and take the mount down.
+    """
 
     supports_dot_lookup = False
     enable_writeback_cache = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        _guard_handlers(cls)
 
     def __init__(self, vault: Vault, tokens: TokenSource) -> None:
         super().__init__()
@@ -150,7 +165,6 @@ class Operations(pyfuse3.Operations):
 
     # Lookups and attributes
 
-    @guarded
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -164,7 +178,6 @@ class Operations(pyfuse3.Operations):
             raise self._refuse(path, "lookup")
         return self._reply(parent_inode, name, row)
 
-    @guarded
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -179,7 +192,6 @@ class Operations(pyfuse3.Operations):
         if not any(self._visible(grants, p, row) for p in paths):
             raise self._refuse(paths[0] if paths else b"?", "stat")
 
-    @guarded
     async def setattr(
         self,
         inode: int,
@@ -208,7 +220,6 @@ class Operations(pyfuse3.Operations):
         )
         return _entry(self.vault.inode(inode))
 
-    @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         self._inode_path(inode, READ)
         row = self.vault.inode(inode)
@@ -216,7 +227,6 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return row.target
 
-    @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         disk = self.vault.statfs()
         data = pyfuse3.StatvfsData()
@@ -251,7 +261,6 @@ class Operations(pyfuse3.Operations):
             parent, name, mode, ctx.uid, ctx.gid, rdev=rdev, target=target
         )
 
-    @guarded
     async def mknod(
         self,
         parent_inode: int,
@@ -265,7 +274,6 @@ class Operations(pyfuse3.Operations):
         )
         return self._reply(parent_inode, name, row)
 
-    @guarded
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -273,7 +281,6 @@ class Operations(pyfuse3.Operations):
         row = self._create_node(parent_inode, name, mode, ctx)
         return self._reply(parent_inode, name, row)
 
-    @guarded
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -282,7 +289,6 @@ class Operations(pyfuse3.Operations):
         )
         return self._reply(parent_inode, name, row)
 
-    @guarded
     async def create(
         self,
         parent_inode: int,
@@ -298,21 +304,18 @@ class Operations(pyfuse3.Operations):
         self._handles[info.fh].open_file.changed = True
         return info, self._reply(parent_inode, name, row)
 
-    @guarded
     async def unlink(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._require(WRITE, self.vault.child_path(parent_inode, name))
         self.vault.unlink(parent_inode, name)
 
-    @guarded
     async def rmdir(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._require(WRITE, self.vault.child_path(parent_inode, name))
         self.vault.rmdir(parent_inode, name)
 
-    @guarded
     async def rename(
         self,
         parent_inode_old: int,
@@ -346,7 +349,6 @@ class Operations(pyfuse3.Operations):
             if target is not None:
                 handle.path = target
 
-    @guarded
     async def link(
         self,
         inode: int,
@@ -374,7 +376,6 @@ class Operations(pyfuse3.Operations):
         )
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
-    @guarded
     async def open(
         self, inode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
@@ -395,13 +396,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return handle
 
-    @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._handle(fh)
         self._require(READ, handle.path)
         return await handle.open_file.read(off, size)
 
-    @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
         self._require(WRITE, handle.path)
@@ -410,17 +409,14 @@ class Operations(pyfuse3.Operations):
             off = open_file.size
         return await open_file.write(off, buf)
 
-    @guarded
     async def flush(self, fh: int) -> None:
         handle = self._handle(fh)
         if handle.writable or handle.open_file.changed:
             await self.vault.commit(handle.open_file, durable=False)
 
-    @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.vault.commit(self._handle(fh).open_file, durable=True)
 
-    @guarded
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is not None:
@@ -428,7 +424,6 @@ class Operations(pyfuse3.Operations):
 
     # Directories
 
-    @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         row = self.vault.directory(inode)
         self._require_listable(row.id)
@@ -443,7 +438,6 @@ class Operations(pyfuse3.Operations):
             raise self._refuse(path, "list")
         return path
 
-    @guarded
     async def readdir(
         self, fh: int, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
@@ -460,17 +454,14 @@ class Operations(pyfuse3.Operations):
                 return
             self._remember_entry(handle.inode, name, row.id)
 
-    @guarded
     async def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
-    @guarded
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         self.vault.index.sync()
 
     # Extended attributes
 
-    @guarded
     async def getxattr(
         self, inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> bytes:
@@ -478,31 +469,45 @@ class Operations(pyfuse3.Operations):
             # Asked before every write; answered without a lookup.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         self._inode_path(inode, READ)
-        value = self.vault.get_xattr(inode, name)
+        value = self._virtual_xattr(inode, name) if name in VIRTUAL_XATTRS else None
+        if value is None:
+            value = self.vault.get_xattr(inode, name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
-    @guarded
+    def _virtual_xattr(self, inode: int, name: bytes) -> bytes | None:
+        version = self.vault.current_version(inode)
+        if version is None:
+            return None
+        return (version.cid if name == CID_XATTR else version.state).encode()
+
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         self._inode_path(inode, READ)
+        # The virtual attributes are left out, so cp -a, rsync -X and tar do
+        # not copy one file's CID onto another; getfattr -n still reads them.
         return self.vault.list_xattrs(inode)
 
-    @guarded
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._inode_path(inode, WRITE)
+        if name in VIRTUAL_XATTRS:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if name.startswith(b"system.posix_acl_"):
+            # No ACLs: EOPNOTSUPP makes cp -a and rsync fall back to chmod,
+            # where storing the ACL as a plain xattr would lose the mode bits.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.vault.set_xattr(inode, name, value, flags=0)
 
-    @guarded
     async def removexattr(
         self, inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._inode_path(inode, WRITE)
+        if name in VIRTUAL_XATTRS:
+            raise pyfuse3.FUSEError(errno.EPERM)
         self.vault.remove_xattr(inode, name)
 
-    @guarded
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         if inode == ROOT_INODE and mode == os.F_OK:
             return True
@@ -556,3 +561,47 @@ class Operations(pyfuse3.Operations):
 
     def open_handle_count(self) -> int:
         return len(self._handles)
+
+
+# Every handler pyfuse3 may call; ``forget`` too, which has no reply to fail.
+HANDLERS = [
+    "access",
+    "create",
+    "flush",
+    "forget",
+    "fsync",
+    "fsyncdir",
+    "getattr",
+    "getxattr",
+    "link",
+    "listxattr",
+    "lookup",
+    "mkdir",
+    "mknod",
+    "open",
+    "opendir",
+    "read",
+    "readdir",
+    "readlink",
+    "release",
+    "releasedir",
+    "removexattr",
+    "rename",
+    "rmdir",
+    "setattr",
+    "setxattr",
+    "statfs",
+    "symlink",
+    "unlink",
+    "write",
+]
+
+
+def _guard_handlers(cls: type) -> None:
+    for name in HANDLERS:
+        handler = cls.__dict__.get(name)
+        if handler is not None and not getattr(handler, "__guarded__", False):
+            setattr(cls, name, guarded(handler))
+
+
+_guard_handlers(Operations)

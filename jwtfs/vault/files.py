@@ -308,6 +308,7 @@ class OpenFile:
     def _write_segments(self, batch: list[tuple[int, bytes]], length: int) -> None:
         fd = self._staging_fd
         assert fd is not None
+        self.vault.check_space(len(batch) * segment_stored_size(self.segment_size))
         try:
             if os.fstat(fd).st_size != length:
                 os.ftruncate(fd, length)

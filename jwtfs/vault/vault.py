@@ -27,7 +27,7 @@ from jwtfs.blocks.unixfs import Dag
 from jwtfs.config import CacheConfig, RetentionConfig
 from jwtfs.crypto.keys import MasterKey
 from jwtfs.crypto.segments import FileCipher, Header, new_header
-from jwtfs.errors import FilesystemError, NotFoundError, StoreError
+from jwtfs.errors import FilesystemError, NotFoundError, StoreError, StoreFullError
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.files import OpenFile
 from jwtfs.vault.index import ROOT_INODE, Index, InodeRow, VersionRow
@@ -35,6 +35,10 @@ from jwtfs.vault.index import ROOT_INODE, Index, InodeRow, VersionRow
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+# Content writes stop this short of a full disk, so the index can still take
+# the unlink that frees space (SQLite needs room for its log to delete).
+RESERVE_MIN_BYTES = 2 * 1024 * 1024
+RESERVE_MAX_BYTES = 64 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -439,6 +443,12 @@ class Vault:
             self.index.set_xattr(inode, name, value)
             self.index.update_inode(inode, ctime_ns=time.time_ns())
 
+    def current_version(self, inode: int) -> VersionRow | None:
+        row = self.inode(inode)
+        if not row.is_reg or row.version is None:
+            return None
+        return self.index.get_version(row.version)
+
     def list_xattrs(self, inode: int) -> list[bytes]:
         self.inode(inode)
         return self.index.list_xattrs(inode)
@@ -464,11 +474,30 @@ class Vault:
             )
             base = None if version is None else version.cid
             if base is not None:
-                self.index.mark_used(base, time.time_ns())
+                self._mark_used(base)
             open_file = OpenFile(self, inode, cipher, row.size, base)
             self.open_files[inode] = open_file
         open_file.handles += 1
         return open_file
+
+    def _mark_used(self, cid: str) -> None:
+        # Only eviction order depends on it: a full disk must not stop reads.
+        try:
+            self.index.mark_used(cid, time.time_ns())
+        except StoreError as err:
+            log.debug("not recording the use of %s: %s", cid, err)
+
+    def check_space(self, needed: int) -> None:
+        """Refuse a content write that would eat into the index's reserve.
+
+        Raises:
+            StoreFullError: the disk holding the staging area is (nearly) full.
+        """
+        disk = os.statvfs(self.paths.staging)
+        total = disk.f_blocks * disk.f_frsize
+        reserve = max(RESERVE_MIN_BYTES, min(RESERVE_MAX_BYTES, total // 50))
+        if disk.f_bavail * disk.f_frsize - needed < reserve:
+            raise StoreFullError(f"{self.paths.staging}: no space left for content")
 
     async def release_file(self, open_file: OpenFile) -> None:
         """Count one handle less; commit and close when it was the last."""
@@ -484,6 +513,17 @@ class Vault:
             return
         try:
             await self.commit(open_file, durable=False)
+        except StoreError as err:
+            if open_file.handles == 0:
+                # The writer was told at close (flush); keeping what could not
+                # be committed would only hold its staging space forever.
+                log.warning(
+                    "inode %d: dropping changes that could not be committed: %s",
+                    open_file.inode,
+                    err,
+                )
+                open_file.discard()
+            raise
         finally:
             if open_file.handles == 0 and not open_file.changed:
                 open_file.close()

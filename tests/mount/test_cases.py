@@ -33,7 +33,9 @@ def _errno_of(call: object, *args: object) -> int:
     return int(err.value.errno or 0)
 
 
-def _sh(script: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _sh(
+    script: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", script],
         cwd=cwd,
@@ -134,9 +136,22 @@ def test_case_03_vim_swap_file(vault: VaultHarness) -> None:
 
     start = time.monotonic()
     result = subprocess.run(
-        ["vim", "-u", "NONE", "-N", "-es",
-         "-c", 'call append(line("$"), "world")', "-c", "wq", "notes.md"],
-        cwd=mnt, capture_output=True, text=True, timeout=60,
+        [
+            "vim",
+            "-u",
+            "NONE",
+            "-N",
+            "-es",
+            "-c",
+            'call append(line("$"), "world")',
+            "-c",
+            "wq",
+            "notes.md",
+        ],
+        cwd=mnt,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     elapsed = time.monotonic() - start
     output = result.stdout + result.stderr
@@ -197,7 +212,9 @@ def test_case_05_rsync_inplace(vault: VaultHarness, tmp_path: Path) -> None:
     def rsync(*extra: str) -> None:
         result = subprocess.run(
             ["rsync", "-a", "--inplace", *extra, f"{src}/", f"{dst}/"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
 
@@ -332,7 +349,9 @@ def test_case_07_cp_sparse_always(vault: VaultHarness, tmp_path: Path) -> None:
     copy = vault.mnt / "copy"
     result = subprocess.run(
         ["cp", "--sparse=always", str(src), str(copy)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert copy.read_bytes() == src.read_bytes()
@@ -454,8 +473,11 @@ def test_case_13_ls_of_deleted_name(vault: VaultHarness) -> None:
     )
     assert result.stdout == "rc=2\n"
     assert "No such file or directory" in result.stderr
-    alive = _sh('stat "$MNT" >/dev/null && mountpoint -q "$MNT" && echo alive',
-                vault.mnt, {"MNT": str(vault.mnt)})
+    alive = _sh(
+        'stat "$MNT" >/dev/null && mountpoint -q "$MNT" && echo alive',
+        vault.mnt,
+        {"MNT": str(vault.mnt)},
+    )
     assert alive.stdout == "alive\n"
     assert _errno_of(os.stat, vault.mnt / "f") == errno.ENOENT
     assert os.listdir(vault.mnt) == []
@@ -523,8 +545,7 @@ def test_case_15_long_names(vault: VaultHarness) -> None:
     (deep / "bottom").write_text("deep")
 
     expected = sorted(
-        [b"x" * n for n in (100, 143, 200, 255)]
-        + [b"z" * 255, mb.encode(), b"a" * 200]
+        [b"x" * n for n in (100, 143, 200, 255)] + [b"z" * 255, mb.encode(), b"a" * 200]
     )
 
     def check() -> None:
@@ -579,9 +600,23 @@ def test_case_19_fsync_everywhere(vault: VaultHarness) -> None:
     p = vault.mnt / "v.txt"
     p.write_text("a\n")
     result = subprocess.run(
-        ["vim", "-u", "NONE", "-N", "-es", "-c", "set fsync", "-c", "normal! Gob",
-         "-c", "wq", str(p)],
-        capture_output=True, text=True, timeout=60,
+        [
+            "vim",
+            "-u",
+            "NONE",
+            "-N",
+            "-es",
+            "-c",
+            "set fsync",
+            "-c",
+            "normal! Gob",
+            "-c",
+            "wq",
+            str(p),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "E667" not in result.stdout + result.stderr
@@ -628,8 +663,15 @@ def small_vault(tmp_path: Path) -> Iterator[VaultHarness]:
     """A mounted vault whose data directory is on a 32 MiB tmpfs."""
     harness = VaultHarness(tmp_path)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs",
-         str(harness.data_home)],
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=32m,mode=0700",
+            "tmpfs",
+            str(harness.data_home),
+        ],
         check=True,
     )
     try:
@@ -639,6 +681,8 @@ def small_vault(tmp_path: Path) -> Iterator[VaultHarness]:
         yield harness
     finally:
         harness.cleanup()
+        # The log lives on the tmpfs; keep it for the failure report.
+        (tmp_path / "mount.log").write_text(harness.log_text())
         subprocess.run(["umount", str(harness.data_home)], check=True)
 
 
@@ -651,7 +695,9 @@ def test_case_21_disk_full(small_vault: VaultHarness) -> None:
 
     dd = subprocess.run(
         ["dd", "if=/dev/urandom", f"of={mnt}/fill", "bs=1M", "count=64", "conv=fsync"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert dd.returncode != 0
     assert "No space left on device" in dd.stderr

@@ -59,8 +59,14 @@ def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 result[rel] = ("dir", st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
             else:
                 result[rel] = (
-                    "file", st.st_mode, st.st_uid, st.st_gid, st.st_size,
-                    st.st_mtime_ns, st.st_nlink, p.read_bytes(),
+                    "file",
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_nlink,
+                    p.read_bytes(),
                 )
     return result
 
@@ -76,8 +82,14 @@ def _make_tree(root: Path) -> None:
     os.chmod(root / "d" / "e", 0o750)
     os.symlink("../a.txt", root / "d" / "link")
     for i, p in enumerate(
-        [root / "a.txt", root / "d" / "big.bin", root / "d" / "e" / "empty",
-         root / "run.sh", root / "d" / "e", root / "d"]
+        [
+            root / "a.txt",
+            root / "d" / "big.bin",
+            root / "d" / "e" / "empty",
+            root / "run.sh",
+            root / "d" / "e",
+            root / "d",
+        ]
     ):
         t = 1_600_000_000_000_000_000 + i * 1_000_000_123
         os.utime(p, ns=(t, t))
@@ -526,18 +538,26 @@ def test_tar_round_trip(vault: VaultHarness, tmp_path: Path) -> None:
     out.mkdir()
     _make_tree(src)
     archive = vault.mnt / "tree.tar"
-    r = subprocess.run(["tar", "--format=posix", "-C", str(src), "-cf", str(archive), "."],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["tar", "--format=posix", "-C", str(src), "-cf", str(archive), "."],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     (vault.mnt / "x").mkdir()
-    r = subprocess.run(["tar", "-C", str(vault.mnt / "x"), "-xpf", str(archive)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["tar", "-C", str(vault.mnt / "x"), "-xpf", str(archive)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert _snapshot(vault.mnt / "x") == _snapshot(src)
     vault.remount()
     r = subprocess.run(
         f"tar --format=posix -C {vault.mnt / 'x'} -cf - . | tar -C {out} -xpf -",
-        shell=True, capture_output=True, text=True,
+        shell=True,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert _snapshot(out) == _snapshot(src)
@@ -547,8 +567,9 @@ def test_cp_a_preserves_mode_and_mtimes(vault: VaultHarness, tmp_path: Path) -> 
     src = tmp_path / "src"
     src.mkdir()
     _make_tree(src)
-    r = subprocess.run(["cp", "-a", str(src), str(vault.mnt / "copy")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["cp", "-a", str(src), str(vault.mnt / "copy")], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     expected = _snapshot(src)
     assert _snapshot(vault.mnt / "copy") == expected

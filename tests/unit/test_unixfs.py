@@ -294,3 +294,16 @@ def test_decode_node_on_damaged_node_raises_only_integrity_error(
     spans = decode_spans(bytes(node[:cut]))
     assert len(links) == len(spans)
     assert sum(length for _, _, length in spans) == filesize
+
+
+def test_sparse_files_hash_holes_as_zero_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.write(b"x" * 1000)
+        f.seek(3 * CHUNK_SIZE + 5)
+        f.write(b"tail")
+        f.seek(20 * CHUNK_SIZE)
+        f.write(b"y" * 10)
+    builder = DagBuilder()
+    builder.feed(path.read_bytes())
+    assert build_dag_from_file(path) == builder.finish()
