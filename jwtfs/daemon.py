@@ -10,6 +10,7 @@ background and returns once the mount answers, reported through a pipe; with
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -87,38 +88,86 @@ def check_mount_request(
             no ``/dev/fuse``).
     """
     warnings: list[str] = []
-    mountpoint = mountpoint.expanduser().absolute()
-    if not mountpoint.exists():
-        raise ConfigError(
-            f"{mountpoint}: mountpoint does not exist; create it with mkdir"
-        )
-    if not mountpoint.is_dir():
-        raise ConfigError(f"{mountpoint}: mountpoint is not a directory")
-    if os.path.ismount(mountpoint):
-        raise ConfigError(
-            f"{mountpoint}: already mounted; run 'jwtfs umount {mountpoint}'"
-        )
-    if any(mountpoint.iterdir()):
-        raise ConfigError(
-            f"{mountpoint}: mountpoint is not empty; use an empty directory"
-        )
+    mountpoint = normal_path(mountpoint)
+    _check_mountpoint(mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise ConfigError("/dev/fuse: missing; load the fuse module (modprobe fuse)")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise ConfigError("/dev/fuse: not accessible; add yourself to the fuse group")
-    load_master_key(config.master_key_file)
+    key = load_master_key(config.master_key_file)
     KeySet.from_config(config.auth)
-    if not config.index_file.exists():
-        raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")
+    verifier = Verifier(config.auth)
+    _check_vault(config, key.fingerprint())
     if token_file is not None:
-        warnings += check_token_file(token_file.expanduser().absolute())
-        token_file = token_file.expanduser().absolute()
+        token_file = normal_path(token_file)
+        warnings += check_token_file(token_file)
     if token_file is None and not env_token:
         warnings.append(
             "no token: nothing in the mount is readable until one is given "
             "(--token-file FILE or JWTFS_TOKEN)"
         )
+    elif not TokenSource(verifier, token_file, env_token).has_valid_token():
+        warnings.append(
+            "no valid token yet: reads are refused until one is given "
+            "('jwtfs token inspect FILE' says why)"
+        )
     return MountRequest(config, mountpoint, token_file, env_token), warnings
+
+
+def normal_path(path: Path) -> Path:
+    """An absolute path without ``..`` or symlinks, for messages and records."""
+    return Path(os.path.realpath(path.expanduser()))
+
+
+def _check_mountpoint(mountpoint: Path) -> None:
+    try:
+        if not mountpoint.exists():
+            raise ConfigError(
+                f"{mountpoint}: mountpoint does not exist; create it with mkdir"
+            )
+        if not mountpoint.is_dir():
+            raise ConfigError(f"{mountpoint}: mountpoint is not a directory")
+        if os.path.ismount(mountpoint):
+            raise ConfigError(
+                f"{mountpoint}: already mounted; run 'jwtfs umount {mountpoint}'"
+            )
+        if any(mountpoint.iterdir()):
+            raise ConfigError(
+                f"{mountpoint}: mountpoint is not empty; use an empty directory"
+            )
+    except OSError as err:
+        if err.errno == errno.ENOTCONN:
+            raise ConfigError(
+                f"{mountpoint}: a mount whose daemon died is still attached; "
+                f"run 'jwtfs umount {mountpoint}'"
+            ) from None
+        raise ConfigError(f"{mountpoint}: {err.strerror}") from err
+
+
+def _check_vault(config: Config, key_fingerprint: str) -> None:
+    if not config.index_file.exists():
+        raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")
+    index = Index(config.index_file, readonly=True)
+    try:
+        expected = index.meta("key_fingerprint")
+    finally:
+        index.close()
+    if expected is not None and expected != key_fingerprint:
+        raise ConfigError(
+            f"{config.master_key_file}: this is not the master key of the vault in "
+            f"{config.data_dir} (key {key_fingerprint}, vault {expected}); "
+            "restore the right key file"
+        )
+    where = [str(m) for m in running_mountpoints(config)]
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(vault_lock(config))
+        except ConfigError:
+            place = f" at {', '.join(where)}" if where else ""
+            raise ConfigError(
+                f"{config.data_dir}: this vault is already mounted{place}; "
+                "unmount it first"
+            ) from None
 
 
 # The registry of running mounts
@@ -149,19 +198,30 @@ def read_record(mountpoint: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) else None
 
 
-def running_daemons(config: Config) -> list[int]:
-    """PIDs of live daemons serving this vault."""
-    pids = []
+def _live_records(config: Config) -> list[dict[str, object]]:
+    records = []
     for path in runtime_dir().glob("mount-*.json"):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        pid = record.get("pid") if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            continue
+        pid = record.get("pid")
         same_vault = record.get("data_dir") == str(config.data_dir)
         if same_vault and isinstance(pid, int) and _alive(pid):
-            pids.append(pid)
-    return pids
+            records.append(record)
+    return records
+
+
+def running_daemons(config: Config) -> list[int]:
+    """PIDs of live daemons serving this vault."""
+    return [int(str(r["pid"])) for r in _live_records(config)]
+
+
+def running_mountpoints(config: Config) -> list[Path]:
+    """Where this vault is mounted now."""
+    return [Path(str(r["mountpoint"])) for r in _live_records(config)]
 
 
 def flush_backlog(
@@ -418,9 +478,10 @@ def start_background(argv: list[str], log_path: Path) -> None:
     if answer == READY:
         return
     child.wait()
-    raise JwtfsError(
-        _last_line(log_path) or f"daemon exited with status {child.returncode}"
-    )
+    reason = _last_line(log_path).removeprefix("jwtfs: ")
+    if child.returncode == 2:
+        raise ConfigError(reason)
+    raise JwtfsError(reason or f"daemon exited with status {child.returncode}")
 
 
 def _last_line(path: Path) -> str:
@@ -438,7 +499,7 @@ def unmount(mountpoint: Path) -> None:
         ConfigError: nothing is mounted there.
         JwtfsError: the daemon did not finish in time.
     """
-    mountpoint = mountpoint.expanduser().absolute()
+    mountpoint = normal_path(mountpoint)
     record = read_record(mountpoint)
     pid = record.get("pid") if record else None
     if isinstance(pid, int) and _alive(pid):
@@ -449,9 +510,32 @@ def unmount(mountpoint: Path) -> None:
                 raise JwtfsError(f"{mountpoint}: daemon {pid} did not stop in time")
             time.sleep(0.05)
         return
-    if not os.path.ismount(mountpoint):
+    if not _is_mounted(mountpoint):
         raise ConfigError(f"{mountpoint}: not mounted")
-    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+    # No daemon: a mount left behind by one that died, or someone else's.
+    result = subprocess.run(
+        ["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
+        raise JwtfsError(
+            f"{mountpoint}: cannot unmount ({detail[0]}); close files and leave "
+            "directories in it, then retry"
+        )
+
+
+def _is_mounted(mountpoint: Path) -> bool:
+    try:
+        return os.path.ismount(mountpoint) or _listed_in_proc_mounts(mountpoint)
+    except OSError:
+        return True
+
+
+def _listed_in_proc_mounts(mountpoint: Path) -> bool:
+    with open("/proc/self/mounts") as mounts:
+        return any(
+            line.split()[1] == str(mountpoint) for line in mounts if line.strip()
+        )
 
 
 def _alive(pid: int) -> bool:

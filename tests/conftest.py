@@ -11,10 +11,6 @@ import pytest
 
 from tests.harness import VaultHarness
 
-SHARED_DIR = Path(
-    os.environ.get("JWTFS_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")
-)
-
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") and not os.environ.get("CI"),
     reason="no /dev/fuse on this machine",

@@ -25,9 +25,19 @@ PROBE_SECONDS = 3.0
 
 
 def show_path(path: bytes) -> str:
-    """A path for a terminal: undecodable bytes and control characters escaped."""
-    text = path.decode("utf-8", errors="backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """A path for a terminal, unambiguous: backslashes, control characters and
+    bytes that are not UTF-8 are escaped (``\\``, ``\n``, ``\xff``)."""
+    out = []
+    for char in path.decode("utf-8", errors="surrogateescape"):
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= ord(char) <= 0xDCFF:
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif not char.isprintable():
+            out.append(repr(char)[1:-1])
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def human_size(size: int) -> str:
@@ -68,6 +78,8 @@ def index(args: argparse.Namespace) -> int:
             )
     finally:
         db.close()
+    if prefix and not rows and db_missing(config, prefix):
+        raise ConfigError(f"{args.path}: no such path in the vault")
     rows.sort(key=lambda r: str(r["path"]))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -75,6 +87,14 @@ def index(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['state']:<8} {r['size']:>12}  {r['cid'] or '-':<60}  {r['path']}")
     return EXIT_OK
+
+
+def db_missing(config: Config, path: bytes) -> bool:
+    db = _open_index(config)
+    try:
+        return db.resolve(path) is None
+    finally:
+        db.close()
 
 
 async def _probe(config: Config) -> tuple[bool, str]:

@@ -36,14 +36,16 @@ def init(args: argparse.Namespace) -> int:
     if args.force:
         _remove_vault(directory, data_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    generate_master_key(directory / "master.key")
+    key = generate_master_key(directory / "master.key")
     generate_signing_key(directory / "signing.key", directory / "signing.pub")
     paths = Paths(
         index=data_dir / "index.sqlite3",
         store=data_dir / "store",
         staging=data_dir / "staging",
     )
-    vault_id = initialize(paths, uid=os.getuid(), gid=os.getgid())
+    vault_id = initialize(
+        paths, uid=os.getuid(), gid=os.getgid(), key_fingerprint=key.fingerprint()
+    )
     config_path.write_text(_config_text(vault_id, data_dir), encoding="utf-8")
     config_path.chmod(0o600)
     print(f"created vault {vault_id}")

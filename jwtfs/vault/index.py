@@ -9,6 +9,7 @@ Schema, table by table:
 
 ``meta``
     key, value: vault-wide facts (``schema``: the schema version, ``vault_id``,
+    ``key_fingerprint``: which master key the vault's files are encrypted with,
     ``node_state``/``node_since``: whether the pin target last answered, since
     when).
 
@@ -271,7 +272,9 @@ class Index:
 
     # Set-up and maintenance
 
-    def create_schema(self, *, uid: int, gid: int, vault_id: str) -> None:
+    def create_schema(
+        self, *, uid: int, gid: int, vault_id: str, key_fingerprint: str
+    ) -> None:
         """Create the tables and the root directory of a new vault.
 
         Raises:
@@ -284,6 +287,9 @@ class Index:
                     self._run(statement)
             self._run("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             self._run("INSERT INTO meta VALUES ('vault_id', ?)", (vault_id,))
+            self._run(
+                "INSERT INTO meta VALUES ('key_fingerprint', ?)", (key_fingerprint,)
+            )
             self._run(
                 f"INSERT INTO inodes ({_INODE_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, 0, ?, ?, ?, 0, 2, NULL, NULL, NULL)",

@@ -52,6 +52,13 @@ class Paths:
     staging: Path
 
 
+def _clamp_time(ns: int | None) -> int | None:
+    """Times beyond what 64-bit nanoseconds hold are clamped, as ext4 clamps."""
+    if ns is None:
+        return None
+    return max(-(2**63), min(2**63 - 1, ns))
+
+
 def check_name(name: bytes) -> None:
     """Refuse names the kernel should never send and names over NAME_MAX."""
     if len(name) > NAME_MAX:
@@ -60,7 +67,7 @@ def check_name(name: bytes) -> None:
         raise FilesystemError(errno.EINVAL, "invalid name")
 
 
-def initialize(paths: Paths, *, uid: int, gid: int) -> str:
+def initialize(paths: Paths, *, uid: int, gid: int, key_fingerprint: str) -> str:
     """Create the data directories and an empty index; return the vault id.
 
     Raises:
@@ -71,7 +78,9 @@ def initialize(paths: Paths, *, uid: int, gid: int) -> str:
     vault_id = str(uuid.uuid4())
     index = Index(paths.index)
     try:
-        index.create_schema(uid=uid, gid=gid, vault_id=vault_id)
+        index.create_schema(
+            uid=uid, gid=gid, vault_id=vault_id, key_fingerprint=key_fingerprint
+        )
     finally:
         index.close()
     return vault_id
@@ -410,6 +419,7 @@ class Vault:
         mtime_ns: int | None = None,
     ) -> None:
         row = self.inode(inode)
+        atime_ns, mtime_ns = _clamp_time(atime_ns), _clamp_time(mtime_ns)
         columns: dict[str, object] = {"ctime_ns": time.time_ns()}
         if mode is not None:
             columns["mode"] = stat.S_IFMT(row.mode) | stat.S_IMODE(mode)

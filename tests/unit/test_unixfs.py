@@ -36,21 +36,33 @@ from jwtfs.blocks.unixfs import (
 )
 from jwtfs.errors import IntegrityError
 
+# Reference CIDs a real IPFS node's add gave; a copy of the project's shared
+# vectors, checked against the shared file whenever that is present.
+VECTORS_FILE = Path(__file__).parents[1] / "fixtures" / "unixfs-cids.json"
 
-def shared_dir() -> Path:
-    default = Path(__file__).parents[2].parent / "shared"
-    return Path(os.environ.get("JWTFS_SHARED_DIR", default))
+
+def shared_vectors_file() -> Path:
+    default = Path(__file__).resolve().parents[3] / "shared"
+    return (
+        Path(os.environ.get("JWTFS_SHARED_DIR", default))
+        / "vectors"
+        / "unixfs-cids.json"
+    )
 
 
 def load_vectors() -> list[dict[str, Any]]:
-    path = shared_dir() / "vectors" / "unixfs-cids.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"reference vectors missing: {path}")
-    rows: list[dict[str, Any]] = json.loads(path.read_text())["vectors"]
+    rows: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text())["vectors"]
     return rows
 
 
 VECTORS = load_vectors()
+
+
+def test_vectors_copy_matches_the_shared_file() -> None:
+    shared = shared_vectors_file()
+    if not shared.is_file():
+        pytest.skip(f"no shared vectors at {shared}; the in-repo copy is used")
+    assert json.loads(shared.read_text()) == json.loads(VECTORS_FILE.read_text())
 
 
 @cache
