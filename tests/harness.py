@@ -76,7 +76,9 @@ class VaultHarness:
         """Set one key of config.toml (the file jwtfs init wrote)."""
         path = self.config_dir / "config.toml"
         lines = path.read_text().splitlines()
-        rendered = f"{key} = {value!r}" if isinstance(value, int) else f'{key} = "{value}"'
+        rendered = (
+            f"{key} = {value!r}" if isinstance(value, int) else f'{key} = "{value}"'
+        )
         start = lines.index(f"[{table}]") if f"[{table}]" in lines else None
         if start is None:
             lines += ["", f"[{table}]", rendered]
