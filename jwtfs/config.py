@@ -16,6 +16,7 @@ the fix, so the CLI can print it as one line and exit 2.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -206,27 +207,26 @@ class _Table:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"([0-9]{1,12})([smhdw]?)")
+_SIZE = re.compile(r"([0-9]{1,15})([kmgt]?)")
 _SIZES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def parse_duration(text: str) -> int | None:
     """Seconds in ``90s``, ``10m``, ``8h``, ``30d``, ``2w`` or a plain number."""
-    text = text.strip().lower()
-    if text.isdigit():
-        return int(text)
-    if len(text) > 1 and text[:-1].isdigit() and text[-1] in _UNITS:
-        return int(text[:-1]) * _UNITS[text[-1]]
-    return None
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        return None
+    return int(match[1]) * _UNITS.get(match[2], 1)
 
 
 def parse_size(text: str) -> int | None:
     """Bytes in ``500M``, ``20G``, ``1T`` (powers of 1024) or a plain number."""
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    digits = text.rstrip("kmgt")
-    unit = text[len(digits) :]
-    if digits.isdigit() and unit in _SIZES:
-        return int(digits) * _SIZES[unit]
-    return None
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        return None
+    return int(match[1]) * _SIZES[match[2]]
 
 
 def load_config(directory: Path | None = None) -> Config:

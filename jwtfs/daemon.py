@@ -28,8 +28,9 @@ from pathlib import Path
 
 import trio
 
+from jwtfs.auth.keyset import KeySet
 from jwtfs.auth.sources import TokenSource, check_token_file
-from jwtfs.auth.tokens import KeySet, Verifier
+from jwtfs.auth.tokens import Verifier
 from jwtfs.config import Config, runtime_dir
 from jwtfs.crypto.keys import load_master_key
 from jwtfs.errors import ConfigError, JwtfsError

@@ -9,13 +9,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from jwtfs.auth.tokens import (
+from jwtfs.auth.issuing import (
     TokenReport,
-    Verifier,
     inspect_token,
     issue_token,
     parse_duration,
 )
+from jwtfs.auth.tokens import Verifier
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
 from jwtfs.config import CONFIG_NAME, Config, config_dir, default_data_dir, load_config
 from jwtfs.crypto.keys import generate_master_key

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jwtfs.auth.tokens import issue_token
+from jwtfs.auth.issuing import issue_token
 from jwtfs.blocks.unixfs import build_dag_from_file
 from jwtfs.crypto.segments import DEFAULT_SEGMENT_SIZE as S
 from jwtfs.crypto.signing import load_private_pem

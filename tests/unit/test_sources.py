@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from jwtfs.auth.issuing import issue_token
 from jwtfs.auth.scope import Action, Grant, Grants
 from jwtfs.auth.sources import TokenSource, check_token_file
-from jwtfs.auth.tokens import Verifier, format_time, issue_token, token_fingerprint
+from jwtfs.auth.tokens import Verifier, format_time, token_fingerprint
 from jwtfs.config import AuthConfig
 from jwtfs.errors import ConfigError
 

@@ -16,17 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jwtfs.auth.scope import Action, Grant, Grants
-from jwtfs.auth.tokens import (
-    MAX_TOKEN_BYTES,
-    KeySet,
-    Verifier,
+from jwtfs.auth.issuing import (
     encode_pattern,
-    format_time,
     inspect_token,
     issue_token,
     parse_duration,
 )
+from jwtfs.auth.keyset import KeySet
+from jwtfs.auth.scope import Action, Grant, Grants
+from jwtfs.auth.tokens import MAX_TOKEN_BYTES, Verifier, format_time
 from jwtfs.config import AuthConfig
 from jwtfs.crypto.signing import load_public_key
 from jwtfs.errors import (
