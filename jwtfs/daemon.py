@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 READY = b"READY\n"
 UNMOUNT_WAIT_SECONDS = 60.0
+STATUS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,8 @@ async def _main(
             nursery.start_soon(_on_signals, nursery.cancel_scope, queue)
             nursery.start_soon(_announce_ready, request.mountpoint, ready_fd)
             nursery.start_soon(_maintain, vault)
+            if os.environ.get("NOTIFY_SOCKET"):
+                nursery.start_soon(_report_status, vault)
             if queue is not None:
                 nursery.start_soon(queue.run)
             await session.serve()
@@ -421,6 +424,15 @@ async def _maintain(vault: Vault) -> None:
             vault.maintain()
         except JwtfsError as err:
             log.warning("maintenance failed: %s", err)
+
+
+async def _report_status(vault: Vault) -> None:
+    """Tell systemd how large the pin backlog is (``systemctl status`` shows it)."""
+    while True:
+        await trio.sleep(STATUS_SECONDS)
+        files, size = vault.index.backlog()
+        state = "no backlog" if not files else f"{files} files ({size} bytes) to pin"
+        _notify_systemd(f"STATUS=serving; {state}")
 
 
 async def _on_signals(scope: trio.CancelScope, queue: PinQueue | None) -> None:
