@@ -104,6 +104,13 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class BackupConfig:
+    """An index snapshot is pinned at most every ``interval`` seconds, after changes."""
+
+    interval: int = 60
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """Local copies of pinned content beyond ``max_bytes`` may be evicted (0: never)."""
 
@@ -121,6 +128,7 @@ class Config:
     ipfs: IpfsConfig = field(default_factory=IpfsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
     @property
     def index_file(self) -> Path:
@@ -262,6 +270,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
     ipfs = _Table(path, "ipfs", raw.get("ipfs", {}))
     retention = _Table(path, "retention", raw.get("retention", {}))
     cache = _Table(path, "cache", raw.get("cache", {}))
+    backup = _Table(path, "backup", raw.get("backup", {}))
 
     data_dir = vault.file(base, "data_dir") or default_data_dir()
     master = vault.file(base, "master_key", "master.key")
@@ -309,6 +318,9 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
             keep_seconds=retention.duration("keep_for", RetentionConfig.keep_seconds),
         ),
         cache=CacheConfig(max_bytes=cache.size("max_size", 0)),
+        backup=BackupConfig(
+            interval=backup.duration("interval", BackupConfig.interval)
+        ),
     )
 
 

@@ -37,6 +37,7 @@ from jwtfs.errors import ConfigError, JwtfsError
 from jwtfs.fs import session
 from jwtfs.fs.operations import Operations
 from jwtfs.remote.kubo import KuboClient
+from jwtfs.vault.backup import Snapshots
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.index import Index
 from jwtfs.vault.pins import MAINTENANCE_SECONDS, UNREACHABLE_RETRY_SECONDS, PinQueue
@@ -59,7 +60,7 @@ class MountRequest:
     env_token: str | None
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, *, quiet: bool = False) -> None:
     """Log lines to stderr, where a terminal or journald picks them up."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -67,7 +68,9 @@ def setup_logging(verbose: bool = False) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(
+        logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    )
     # httpx logs every URL at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -291,7 +294,7 @@ async def _push_here(
     timeout: float,
     progress: Callable[[int, int], None] | None,
 ) -> int:
-    client = _pin_client(config)
+    client = pin_client(config)
     assert client is not None
     async with client:
         queue = PinQueue(vault, client)
@@ -369,7 +372,7 @@ def serve(request: MountRequest, ready_fd: int | None) -> int:
     return 0
 
 
-def _pin_client(config: Config) -> KuboClient | None:
+def pin_client(config: Config) -> KuboClient | None:
     if config.ipfs.api is None:
         return None
     return KuboClient(
@@ -383,11 +386,14 @@ async def _main(
     request: MountRequest, operations: Operations, ready_fd: int | None
 ) -> None:
     vault = operations.vault
-    client = _pin_client(request.config)
+    client = pin_client(request.config)
     queue = None
     if client is not None:
         vault.remote = RemoteReader(client, timeout=request.config.ipfs.fetch_timeout)
-        queue = PinQueue(vault, client)
+        snapshots = Snapshots(
+            vault.index, vault.key, client, interval=request.config.backup.interval
+        )
+        queue = PinQueue(vault, client, snapshots)
         vault.on_new_version = queue.wake
         log.info(
             "mounted %s; pinning to %s", request.mountpoint, request.config.ipfs.api

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jwtfs import __version__
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from jwtfs.cli.mounts import flush, mount, umount
+from jwtfs.cli.mounts import flush, mount, recover, umount
 from jwtfs.cli.reports import export, index, status
 from jwtfs.cli.setup import init, token_inspect, token_issue
 from jwtfs.errors import ConfigError, JwtfsError
@@ -115,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         "--car", required=True, metavar="PATH", help="a path in the vault"
     )
     p_export.set_defaults(func=export)
+
+    p_recover = commands.add_parser(
+        "recover", help="rebuild the index from a pinned snapshot"
+    )
+    p_recover.add_argument("cid", help="the snapshot CID 'jwtfs status' showed")
+    p_recover.add_argument("--ipfs-api", metavar="URL", help="the node to fetch from")
+    p_recover.set_defaults(func=recover)
 
     p_status = commands.add_parser("status", help="the vault, its store and its node")
     p_status.add_argument("--json", action="store_true")

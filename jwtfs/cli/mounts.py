@@ -6,21 +6,31 @@ import argparse
 import os
 import sys
 
+import trio
+
+from jwtfs.blocks.cid import Cid, normalize_cid
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
 from jwtfs.cli.reports import human_size
 from jwtfs.config import load_config, with_environment
+from jwtfs.crypto.keys import load_master_key
 from jwtfs.daemon import (
     check_mount_request,
     flush_backlog,
+    pin_client,
     serve,
     setup_logging,
     start_background,
     unmount,
+    vault_paths,
 )
+from jwtfs.errors import ConfigError
+from jwtfs.vault.backup import recover_index
+from jwtfs.vault.vault import prepare_directories
 
 
 def mount(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
+    # The daemon logs; before it detaches, only problems are worth a line.
+    setup_logging(args.verbose, quiet=not args.foreground)
     config = with_environment(load_config(), ipfs_api=args.ipfs_api)
     env_token = os.environ.get("JWTFS_TOKEN") or None
     request, warnings = check_mount_request(
@@ -68,4 +78,30 @@ def flush(args: argparse.Namespace) -> int:
     if args.wait and left:
         print(f"jwtfs: {left} versions still wait to be pinned", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def recover(args: argparse.Namespace) -> int:
+    config = with_environment(load_config(), ipfs_api=args.ipfs_api)
+    key = load_master_key(config.master_key_file)
+    client = pin_client(config)
+    if client is None:
+        raise ConfigError(
+            f"{config.path}: no IPFS node configured to recover from; "
+            "set ipfs.api or pass --ipfs-api URL"
+        )
+    prepare_directories(vault_paths(config))
+
+    async def run() -> int:
+        async with client:
+            return await recover_index(
+                key,
+                client,
+                Cid(normalize_cid(args.cid)),
+                config.index_file,
+                timeout=config.ipfs.fetch_timeout,
+            )
+
+    files = trio.run(run)
+    print(f"recovered the index: {files} files, their content is fetched on read")
     return EXIT_OK

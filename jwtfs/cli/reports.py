@@ -128,6 +128,7 @@ def _collect(config: Config) -> dict[str, Any]:
             ],
         }
         node_state, node_since = db.meta("node_state"), db.meta("node_since")
+        snapshot_cid, snapshot_ns = db.meta("snapshot_cid"), db.meta("snapshot_ns")
     finally:
         db.close()
     usage = BlockStore(config.store_dir).usage()
@@ -142,6 +143,14 @@ def _collect(config: Config) -> dict[str, Any]:
             node["last_seen_state"] = node_state
             node["since"] = _iso(int(node_since))
     report["node"] = node
+    report["snapshot"] = None
+    if snapshot_cid and snapshot_ns:
+        age = max(0.0, (time.time_ns() - int(snapshot_ns)) / 1e9)
+        report["snapshot"] = {
+            "cid": snapshot_cid,
+            "taken": _iso(int(snapshot_ns)),
+            "age_seconds": round(age),
+        }
     return report
 
 
@@ -185,6 +194,14 @@ def status(args: argparse.Namespace) -> int:
         print(f"node       {node['api']}: {answer}{since}")
         backlog = report["backlog"]
         print(f"backlog    {backlog['files']} files, {human_size(backlog['bytes'])}")
+    snapshot = report["snapshot"]
+    if snapshot is not None:
+        print(
+            f"snapshot   {snapshot['cid']} ({snapshot['age_seconds']} s old); "
+            "recover with 'jwtfs recover CID'"
+        )
+    elif node["api"] is not None:
+        print("snapshot   none pinned yet")
     for failed in report["failed"]:
         print(f"failed     {failed['cid']}: {failed['reason']}")
     if not report["left_machine"]:

@@ -10,6 +10,7 @@ Schema, table by table:
 ``meta``
     key, value: vault-wide facts (``schema``: the schema version, ``vault_id``,
     ``key_fingerprint``: which master key the vault's files are encrypted with,
+    ``snapshot_cid``/``snapshot_ns``: the last index snapshot pinned, and when,
     ``node_state``/``node_since``: whether the pin target last answered, since
     when).
 
@@ -309,6 +310,39 @@ class Index:
     def integrity_check(self) -> str:
         """Return SQLite's ``integrity_check`` verdict (``ok`` when sound)."""
         return str(self._run("PRAGMA integrity_check").fetchone()[0])
+
+    def total_changes(self) -> int:
+        """Rows changed through this connection since it was opened."""
+        return self._db.total_changes
+
+    def copy_to(self, path: Path) -> None:
+        """Write a consistent copy of the database to ``path`` (a new file).
+
+        Raises:
+            StoreError: the copy could not be written.
+        """
+        self._run("VACUUM INTO ?", (str(path),))
+        path.chmod(0o600)
+
+    def mark_recovered(self) -> int:
+        """After a restore from a snapshot: nothing is local, only pins count.
+
+        Returns the number of current versions that can be fetched.
+        """
+        with self.transaction():
+            self._run("UPDATE versions SET local=0")
+            self._run("UPDATE versions SET state='pinned' WHERE state='pinning'")
+            self._run(
+                "UPDATE versions SET state='failed', "
+                "reason='not yet pinned when the snapshot was taken' "
+                "WHERE state IN ('local', 'queued')"
+            )
+            self._run("DELETE FROM meta WHERE key IN ('node_state', 'node_since')")
+        row = self._run(
+            "SELECT count(*) FROM versions "
+            "WHERE state='pinned' AND superseded_ns IS NULL"
+        ).fetchone()
+        return int(row[0])
 
     def sync(self) -> None:
         """Make every committed transaction durable against power loss.

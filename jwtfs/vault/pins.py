@@ -10,7 +10,8 @@ with backoff and never gives up on them. A node that answers with an error is
 retried ``MAX_ATTEMPTS`` times before the version is marked ``failed``.
 
 Versions marked ``unpin`` (superseded past retention, or of deleted files) are
-unpinned and then forgotten.
+unpinned and then forgotten. Once the queue is empty, an encrypted snapshot of
+the index is pinned too when it changed (``backup``), at most once a minute.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import time
 import trio
 
 from jwtfs.blocks.cid import Cid
-from jwtfs.errors import NotFoundError, RemoteError
+from jwtfs.errors import NotFoundError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
+from jwtfs.vault.backup import Snapshots
 from jwtfs.vault.index import VersionRow
 from jwtfs.vault.vault import Vault
 
@@ -39,9 +41,12 @@ MAINTENANCE_SECONDS = 30.0
 class PinQueue:
     """The worker that drains the queue; ``wake()`` after each new version."""
 
-    def __init__(self, vault: Vault, client: KuboClient) -> None:
+    def __init__(
+        self, vault: Vault, client: KuboClient, snapshots: Snapshots | None = None
+    ) -> None:
         self.vault = vault
         self.client = client
+        self.snapshots = snapshots
         self._wake = trio.Event()
         self._reachable: bool | None = None
 
@@ -60,13 +65,31 @@ class PinQueue:
         while True:
             await self.drain()
             await self.unpin_released()
+            await self._snapshot_if_due()
             await self._sleep()
+
+    async def _snapshot_if_due(self) -> None:
+        if self.snapshots is None or not self.snapshots.due():
+            return
+        if self.vault.index.pending_pins()[0]:
+            return
+        try:
+            await self.snapshots.take(self.vault.paths.staging)
+        except (NodeUnreachableError, NodeTimeoutError) as err:
+            self._node_state(False, str(err))
+        except (RemoteError, StoreError) as err:
+            log.warning("index snapshot failed: %s", err)
 
     async def _sleep(self) -> None:
         delay = MAINTENANCE_SECONDS
         retry = self.vault.index.next_retry_ns()
         if retry is not None:
             delay = min(delay, max(0.0, (retry - time.time_ns()) / 1e9))
+        snapshot = (
+            None if self.snapshots is None else self.snapshots.seconds_until_due()
+        )
+        if snapshot is not None:
+            delay = min(delay, snapshot)
         with trio.move_on_after(delay):
             await self._wake.wait()
         self._wake = trio.Event()

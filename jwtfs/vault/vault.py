@@ -67,14 +67,19 @@ def check_name(name: bytes) -> None:
         raise FilesystemError(errno.EINVAL, "invalid name")
 
 
+def prepare_directories(paths: Paths) -> None:
+    """Create the data directory, the store and the staging area (mode 0700)."""
+    for directory in (paths.index.parent, paths.store, paths.staging):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def initialize(paths: Paths, *, uid: int, gid: int, key_fingerprint: str) -> str:
     """Create the data directories and an empty index; return the vault id.
 
     Raises:
         StoreError: the index could not be created.
     """
-    for directory in (paths.index.parent, paths.store, paths.staging):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_directories(paths)
     vault_id = str(uuid.uuid4())
     index = Index(paths.index)
     try:
