@@ -32,7 +32,8 @@ from jwtfs.auth.keyset import KeySet
 from jwtfs.auth.sources import TokenSource, check_token_file
 from jwtfs.auth.tokens import Verifier
 from jwtfs.config import Config, runtime_dir
-from jwtfs.crypto.keys import load_master_key
+from jwtfs.crypto.keys import MASTER_KEY_SIZE, MasterKey
+from jwtfs.crypto.wrapping import open_master_key
 from jwtfs.errors import ConfigError, JwtfsError
 from jwtfs.fs import session
 from jwtfs.fs.operations import Operations
@@ -58,6 +59,7 @@ class MountRequest:
     mountpoint: Path
     token_file: Path | None
     env_token: str | None
+    key: MasterKey
 
 
 def setup_logging(verbose: bool = False, *, quiet: bool = False) -> None:
@@ -83,7 +85,12 @@ def vault_paths(config: Config) -> Paths:
 
 
 def check_mount_request(
-    config: Config, mountpoint: Path, token_file: Path | None, env_token: str | None
+    config: Config,
+    mountpoint: Path,
+    token_file: Path | None,
+    env_token: str | None,
+    *,
+    key: MasterKey | None = None,
 ) -> tuple[MountRequest, list[str]]:
     """Check a mount request; return it with warnings for the user.
 
@@ -99,7 +106,7 @@ def check_mount_request(
         raise ConfigError("/dev/fuse: missing; load the fuse module (modprobe fuse)")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise ConfigError("/dev/fuse: not accessible; add yourself to the fuse group")
-    key = load_master_key(config.master_key_file)
+    key = key or open_master_key(config.master_key_file)
     KeySet.from_config(config.auth)
     verifier = Verifier(config.auth)
     _check_vault(config, key.fingerprint())
@@ -116,7 +123,7 @@ def check_mount_request(
             "no valid token yet: reads are refused until one is given "
             "('jwtfs token inspect FILE' says why)"
         )
-    return MountRequest(config, mountpoint, token_file, env_token), warnings
+    return MountRequest(config, mountpoint, token_file, env_token, key), warnings
 
 
 def normal_path(path: Path) -> Path:
@@ -256,7 +263,7 @@ def flush_backlog(
     if pids:
         return _wait_for_backlog(config, wait, timeout, progress)
     with vault_lock(config):
-        key = load_master_key(config.master_key_file)
+        key = open_master_key(config.master_key_file)
         vault = Vault(vault_paths(config), key, retention=config.retention)
         try:
             left: int = trio.run(_push_here, vault, config, wait, timeout, progress)
@@ -351,7 +358,7 @@ def _notify_systemd(message: str) -> None:
 def serve(request: MountRequest, ready_fd: int | None) -> int:
     """Mount and serve until unmounted or signalled; return the exit code."""
     config = request.config
-    key = load_master_key(config.master_key_file)
+    key = request.key
     verifier = Verifier(config.auth)
     tokens = TokenSource(verifier, request.token_file, request.env_token)
     with vault_lock(config):
@@ -463,7 +470,13 @@ async def _announce_ready(mountpoint: Path, ready_fd: int | None) -> None:
         os.close(ready_fd)
 
 
-def start_background(argv: list[str], log_path: Path) -> None:
+def read_key_from(fd: int) -> MasterKey:
+    """The master key a parent ``jwtfs mount`` handed over through a pipe."""
+    with os.fdopen(fd, "rb") as pipe:
+        return MasterKey(pipe.read(MASTER_KEY_SIZE))
+
+
+def start_background(argv: list[str], log_path: Path, key: MasterKey) -> None:
     """Start ``jwtfs mount --foreground`` detached; return once it serves.
 
     Raises:
@@ -471,6 +484,11 @@ def start_background(argv: list[str], log_path: Path) -> None:
             holds its last log line.
     """
     read_end, write_end = os.pipe()
+    # The key goes through a pipe, so a wrapped key is unwrapped once, here,
+    # and nothing secret reaches the command line or the disk.
+    key_read, key_write = os.pipe()
+    os.write(key_write, key.raw)
+    os.close(key_write)
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         os.fchmod(log_file.fileno(), 0o600)
@@ -483,8 +501,10 @@ def start_background(argv: list[str], log_path: Path) -> None:
                 "--foreground",
                 "--ready-fd",
                 str(write_end),
+                "--key-fd",
+                str(key_read),
             ],
-            pass_fds=(write_end,),
+            pass_fds=(write_end, key_read),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -492,6 +512,7 @@ def start_background(argv: list[str], log_path: Path) -> None:
             cwd="/",
         )
     os.close(write_end)
+    os.close(key_read)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read(len(READY))
     if answer == READY:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from jwtfs import __version__
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from jwtfs.cli.keys import key_export, key_import, key_unwrap, key_wrap
 from jwtfs.cli.mounts import flush, mount, recover, umount
+from jwtfs.cli.repair import fsck
 from jwtfs.cli.reports import export, index, status
 from jwtfs.cli.setup import init, token_inspect, token_issue
 from jwtfs.errors import ConfigError, JwtfsError
@@ -87,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ipfs-api", metavar="URL", help="pin to this node ('none': no node)"
     )
     p_mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p_mount.add_argument("--key-fd", type=int, help=argparse.SUPPRESS)
     p_mount.set_defaults(func=mount)
 
     p_umount = commands.add_parser("umount", help="commit and unmount")
@@ -116,6 +119,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_export.set_defaults(func=export)
 
+    p_key = commands.add_parser(
+        "key", help="wrap, unwrap, export or import the master key"
+    )
+    key_commands = p_key.add_subparsers(required=True, metavar="ACTION")
+    key_commands.add_parser("wrap", help="protect it with a passphrase").set_defaults(
+        func=key_wrap
+    )
+    key_commands.add_parser("unwrap", help="store it without one").set_defaults(
+        func=key_unwrap
+    )
+    p_export_key = key_commands.add_parser(
+        "export", help="print it once, on a terminal"
+    )
+    p_export_key.add_argument("--again", action="store_true", help="print it once more")
+    p_export_key.set_defaults(func=key_export)
+    key_commands.add_parser(
+        "import", help="restore it from its printed form"
+    ).set_defaults(func=key_import)
+
     p_recover = commands.add_parser(
         "recover", help="rebuild the index from a pinned snapshot"
     )
@@ -127,4 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     p_status.add_argument("--json", action="store_true")
     p_status.add_argument("mountpoint", nargs="?", type=Path)
     p_status.set_defaults(func=status)
+
+    p_fsck = commands.add_parser("fsck", help="check the unmounted vault and repair")
+    p_fsck.add_argument(
+        "--repair",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="repair what is safe to repair (default); --no-repair only reports",
+    )
+    p_fsck.add_argument("--json", action="store_true")
+    p_fsck.set_defaults(func=fsck)
     return parser

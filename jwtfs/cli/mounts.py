@@ -12,11 +12,12 @@ from jwtfs.blocks.cid import Cid, normalize_cid
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
 from jwtfs.cli.reports import human_size
 from jwtfs.config import load_config, with_environment
-from jwtfs.crypto.keys import load_master_key
+from jwtfs.crypto.wrapping import open_master_key
 from jwtfs.daemon import (
     check_mount_request,
     flush_backlog,
     pin_client,
+    read_key_from,
     serve,
     setup_logging,
     start_background,
@@ -33,8 +34,9 @@ def mount(args: argparse.Namespace) -> int:
     setup_logging(args.verbose, quiet=not args.foreground)
     config = with_environment(load_config(), ipfs_api=args.ipfs_api)
     env_token = os.environ.get("JWTFS_TOKEN") or None
+    key = None if args.key_fd is None else read_key_from(args.key_fd)
     request, warnings = check_mount_request(
-        config, args.mountpoint, args.token_file, env_token
+        config, args.mountpoint, args.token_file, env_token, key=key
     )
     for warning in warnings:
         print(f"jwtfs: warning: {warning}", file=sys.stderr)
@@ -48,7 +50,7 @@ def mount(args: argparse.Namespace) -> int:
     if args.ipfs_api is not None:
         argv += ["--ipfs-api", args.ipfs_api]
     log_path = config.data_dir / "mount.log"
-    start_background(argv, log_path)
+    start_background(argv, log_path, request.key)
     print(f"mounted {request.mountpoint} (log: {log_path})")
     return EXIT_OK
 
@@ -83,7 +85,7 @@ def flush(args: argparse.Namespace) -> int:
 
 def recover(args: argparse.Namespace) -> int:
     config = with_environment(load_config(), ipfs_api=args.ipfs_api)
-    key = load_master_key(config.master_key_file)
+    key = open_master_key(config.master_key_file)
     client = pin_client(config)
     if client is None:
         raise ConfigError(
