@@ -1,4 +1,4 @@
-"""The master key at rest: wrapped by a passphrase, a systemd credential, exported once."""
+"""The master key at rest: wrapped, given as a systemd credential, exported once."""
 
 from __future__ import annotations
 
