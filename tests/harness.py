@@ -160,3 +160,57 @@ class VaultHarness:
     def log_text(self) -> str:
         path = self.data_dir / "mount.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_pinned(self, timeout: float = 60) -> None:
+        """Push the queue now and return once nothing waits (``flush --wait``)."""
+        self.jwtfs("flush", "--wait", "--timeout", str(timeout), timeout=timeout + 30)
+
+    def stream_file(self, cid: str) -> Path:
+        """Where the embedded store keeps the local copy of stream ``cid``."""
+        return self.data_dir / "store" / "streams" / cid[-2:] / cid
+
+    def drop_local_cache(self) -> int:
+        """Evict every pinned stream with the vault's own eviction, unmounted.
+
+        The daemon evicts only every few tens of seconds; this runs the same
+        ``Vault.evict`` in a child process with a cache limit of one byte and
+        returns how many streams it dropped. The vault must not be mounted.
+        """
+        script = (
+            "from jwtfs.config import CacheConfig, load_config\n"
+            "from jwtfs.crypto.keys import load_master_key\n"
+            "from jwtfs.daemon import vault_lock, vault_paths\n"
+            "from jwtfs.remote.kubo import KuboClient\n"
+            "from jwtfs.vault.fetch import RemoteReader\n"
+            "from jwtfs.vault.vault import Vault\n"
+            "config = load_config()\n"
+            "assert config.ipfs.api, 'no node configured: nothing can be evicted'\n"
+            "reader = RemoteReader(KuboClient(config.ipfs.api), timeout=1.0)\n"
+            "with vault_lock(config):\n"
+            "    key = load_master_key(config.master_key_file)\n"
+            "    vault = Vault(vault_paths(config), key,"
+            " cache=CacheConfig(max_bytes=1), remote=reader)\n"
+            "    try:\n"
+            "        print(vault.evict())\n"
+            "    finally:\n"
+            "        vault.close()\n"
+        )
+        assert not os.path.ismount(self.mnt), "unmount before dropping the cache"
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"evicting failed: {result.stderr}")
+        return int(result.stdout)
+
+    def log_lines(self, *levels: str) -> list[str]:
+        """The daemon's log lines at any of ``levels``, e.g. ``"ERROR"``."""
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if any(f" {level} " in line for level in levels)
+        ]
