@@ -7,7 +7,8 @@
 | ``NotFoundError``             | ENOENT  | the inode went away under the request     |
 | ``StoreFullError``            | ENOSPC  | the writer must learn the disk is full    |
 | ``IntegrityError``            | EIO     | damaged content is never served           |
-| ``StoreError``, ``RemoteError`` | EIO   | storage failed; logged once here          |
+| ``StoreError``                | EIO     | storage failed; logged here               |
+| ``RemoteError``               | EIO     | a fetch failed; logged where it failed    |
 | anything else                 | EIO     | a bug: logged with its traceback, and the |
 |                               |         | mount stays up                            |
 """
@@ -71,7 +72,11 @@ def guarded(handler: F) -> F:
         except IntegrityError as err:
             log.debug("%s: %s", handler.__name__, err)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        except (StoreError, RemoteError) as err:
+        except RemoteError as err:
+            # Logged once, naming the CID, where the fetch failed.
+            log.debug("%s: %s", handler.__name__, err)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except StoreError as err:
             log.error("%s failed: %s", handler.__name__, err)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as err:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # Leaves kept in memory between reads: 16 of 256 KiB.
 _LEAF_CACHE = 16
+# A failed fetch is remembered this long: the kernel retries a failed read at
+# once (readahead, then the page itself), and the retry must not wait again.
+FAILURE_MEMORY_SECONDS = 5.0
 
 
 class RemoteReader:
@@ -36,21 +39,44 @@ class RemoteReader:
         self.timeout = timeout
         self._spans: dict[Cid, list[tuple[Cid, int, int]]] = {}
         self._leaves: OrderedDict[Cid, bytes] = OrderedDict()
+        self._failures: dict[Cid, tuple[float, RemoteError]] = {}
 
     async def read(self, root: Cid, offset: int, length: int) -> bytes:
         """Return stream bytes ``[offset, offset + length)`` (short at the end).
+
+        A failure is logged once, naming the CID, and repeated without another
+        attempt for ``FAILURE_MEMORY_SECONDS``.
 
         Raises:
             RemoteError: the node failed or did not answer within the timeout.
             IntegrityError: a block did not match its CID.
         """
+        failed = self._failures.get(root)
+        if (
+            failed is not None
+            and trio.current_time() - failed[0] < FAILURE_MEMORY_SECONDS
+        ):
+            raise failed[1]
         try:
             with trio.fail_after(self.timeout):
-                return await self._read(root, offset, length)
+                data = await self._read(root, offset, length)
         except trio.TooSlowError:
-            raise RemoteError(
+            error = RemoteError(
                 f"fetching {root} from the node took longer than {self.timeout:g} s"
-            ) from None
+            )
+            self._remember_failure(root, error)
+            raise error from None
+        except RemoteError as err:
+            self._remember_failure(root, err)
+            raise
+        self._failures.pop(root, None)
+        return data
+
+    def _remember_failure(self, root: Cid, error: RemoteError) -> None:
+        self._failures[root] = (trio.current_time(), error)
+        log.error(
+            "cannot fetch evicted stream %s: %s; reads of it give EIO", root, error
+        )
 
     async def _read(self, root: Cid, offset: int, length: int) -> bytes:
         end = offset + length

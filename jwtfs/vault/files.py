@@ -155,10 +155,15 @@ class OpenFile:
             raise StoreError(f"stream {self.base_cid} is not stored locally")
         cid = self.vault.as_cid(self.base_cid)
         stored_size = segment_stored_size(self.segment_size)
-        return {
-            i: await remote.read(cid, segment_offset(self.segment_size, i), stored_size)
-            for i in indexes
-        }
+        fetched = {}
+        for i in indexes:
+            try:
+                offset = segment_offset(self.segment_size, i)
+                fetched[i] = await remote.read(cid, offset, stored_size)
+            except IntegrityError:
+                self.vault.report_integrity_failure(self.inode, self.base_cid, i)
+                raise
+        return fetched
 
     def _decrypt_fetched(
         self, stored: dict[int, bytes], lengths: dict[int, int]

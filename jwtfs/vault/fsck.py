@@ -118,14 +118,6 @@ def check_vault(
     """
     if not config.index_file.exists():
         raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")
-    label = repr(client)
-    if client is None and config.ipfs.api is not None:
-        label = config.ipfs.api
-        client = KuboClient(
-            config.ipfs.api,
-            authorization=config.ipfs.authorization,
-            timeout=config.ipfs.timeout,
-        )
     report = FsckReport()
     try:
         index = Index(config.index_file, readonly=not repair)
@@ -134,25 +126,36 @@ def check_vault(
         report.findings.append(
             Finding("index-corrupt", str(config.index_file), str(err))
         )
+        if client is not None:
+            trio.run(client.aclose)
         return report
     try:
         checker = _Checker(config, index, report, repair=repair)
-        checker.run(_node_pins(report, client, label), progress)
+        checker.run(_node_pins(config, report, client), progress)
     finally:
         index.close()
     return report
 
 
 def _node_pins(
-    report: FsckReport, client: KuboClient | None, label: str
+    config: Config, report: FsckReport, client: KuboClient | None
 ) -> set[str] | None:
     """The node's recursive pins, or None when there is no node or no answer."""
+    label = repr(client)
     if client is None:
-        return None
+        if config.ipfs.api is None:
+            return None
+        label = config.ipfs.api
+        client = KuboClient(
+            config.ipfs.api,
+            authorization=config.ipfs.authorization,
+            timeout=config.ipfs.timeout,
+        )
+    node = client
 
     async def ask() -> set[Cid]:
-        async with client:
-            return await client.pin_ls()
+        async with node:
+            return await node.pin_ls()
 
     try:
         pins = trio.run(ask)

@@ -1,0 +1,237 @@
+"""Stand-ins for the IPFS node, all on loopback, for tests that need a bad one.
+
+``SilentNode`` accepts connections and never answers. ``TamperingProxy``
+forwards every request to a real node and flips one byte in each answer to
+``block/get``. ``PrivateNode`` is a real node of the tests' own, started with
+``scripts/ipfs-node`` like the session node but in its own state folder, so a
+test can stop and start it without disturbing the others.
+
+The fakes serve from threads, since the daemon under test is another process
+and must be answered while the test itself blocks on a read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import ipaddress
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "ipfs-node"
+# Headers that belong to one connection and are not forwarded.
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+}
+
+
+def loopback_port(url: str) -> int:
+    """The port of ``url``, which must name a loopback address."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    assert host == "localhost" or ipaddress.ip_address(host).is_loopback, url
+    assert parts.port is not None, url
+    return parts.port
+
+
+def closed_loopback_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class SilentNode:
+    """A loopback server that accepts every connection and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._held.append(conn)
+            self.accepted += 1
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def do_POST(self) -> None:
+        body = self._body()
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port)
+        try:
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP
+            }
+            upstream.request("POST", self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            content = bytearray(answer.read())
+            status, answer_headers = answer.status, answer.getheaders()
+        finally:
+            upstream.close()
+        block = urlsplit(self.path).path.endswith("/block/get")
+        if block and status == 200 and content:
+            content[len(content) // 2] ^= 0x01
+            self.server.tampered += 1
+        self.send_response(status)
+        for key, value in answer_headers:
+            if key.lower() not in HOP_BY_HOP:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test output is for the test."""
+
+
+class _ProxyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream_port = upstream_port
+        self.tampered = 0
+
+
+class TamperingProxy:
+    """Forwards to the node at ``upstream`` and damages every block it returns.
+
+    ``tampered`` counts the ``block/get`` answers changed, so a test can
+    show the damaged path was taken.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self._server = _ProxyServer(loopback_port(upstream))
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def tampered(self) -> int:
+        return self._server.tampered
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class PrivateNode:
+    """A real node of one test module's own, which it may stop and start.
+
+    The first start takes any free port; later starts reuse it, so a vault
+    configured with ``url`` finds the node again.
+    """
+
+    def __init__(self, state: Path) -> None:
+        self.env = dict(os.environ)
+        self.env.setdefault("IPFS_NODE_DIR", str(REPO / ".ipfs-node"))
+        self.env["IPFS_NODE_STATE"] = str(state)
+        self.env["IPFS_API_PORT"] = "0"
+        self.url = ""
+
+    def _run(self, command: str, timeout: float) -> str:
+        done = subprocess.run(
+            [str(SCRIPT), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            message = f"scripts/ipfs-node {command} exited {done.returncode}:\n{tail}"
+            if os.environ.get("CI"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        return done.stdout.strip()
+
+    def start(self) -> str:
+        url = self._run("start", 90)
+        if self.url:
+            assert url == self.url
+        else:
+            self.url = url
+            self.env["IPFS_API_PORT"] = str(loopback_port(url))
+        return url
+
+    def stop(self) -> None:
+        self._run("stop", 60)
+
+    def running(self) -> bool:
+        done = subprocess.run(
+            [str(SCRIPT), "status"],
+            env=self.env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        return done.returncode == 0
