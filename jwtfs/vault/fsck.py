@@ -132,6 +132,12 @@ def check_vault(
     try:
         checker = _Checker(config, index, report, repair=repair)
         checker.run(_node_pins(config, report, client), progress)
+    except StoreError as err:
+        # A damaged page shows up only when a query reaches it.
+        report.index_integrity = str(err)
+        report.findings.append(
+            Finding("index-corrupt", str(config.index_file), str(err))
+        )
     finally:
         index.close()
     return report
@@ -455,20 +461,16 @@ class _Checker:
                 self.store.remove_stream(cid)
 
 
-# TODO: these whole-table reads belong in Index; fsck is their only user so far.
-
-
 def _inode_ids(index: Index) -> list[int]:
-    return [int(r[0]) for r in index._run("SELECT id FROM inodes ORDER BY id")]
+    return index.all_inode_ids()
 
 
 def _all_dentries(index: Index) -> list[Dentry]:
-    rows = index._run("SELECT id, parent, name, inode FROM dentries ORDER BY id")
-    return [Dentry(int(r[0]), int(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+    return index.all_dentries()
 
 
 def _version_ids(index: Index) -> list[int]:
-    return [int(r[0]) for r in index._run("SELECT id FROM versions ORDER BY id")]
+    return index.all_version_ids()
 
 
 def _dentry_subject(entry: Dentry) -> str:

@@ -66,6 +66,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jwtfs.errors import StoreError, StoreFullError
 
@@ -267,6 +268,20 @@ class Index:
         except sqlite3.Error as err:
             raise _translate(err) from err
 
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        """Run a query and read every row, translating errors met while reading."""
+        try:
+            return list(self._db.execute(sql, args).fetchall())
+        except sqlite3.Error as err:
+            raise _translate(err) from err
+
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> Any:
+        """Run a query and read its first row (None when there is none)."""
+        try:
+            return self._db.execute(sql, args).fetchone()
+        except sqlite3.Error as err:
+            raise _translate(err) from err
+
     def _write(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Cursor:
         with self.transaction():
             return self._run(sql, args)
@@ -298,18 +313,18 @@ class Index:
             )
 
     def has_schema(self) -> bool:
-        row = self._run(
+        row = self._one(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
+        )
         return row is not None
 
     def meta(self, key: str) -> str | None:
-        row = self._run("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key=?", (key,))
         return None if row is None else str(row[0])
 
     def integrity_check(self) -> str:
         """Return SQLite's ``integrity_check`` verdict (``ok`` when sound)."""
-        return str(self._run("PRAGMA integrity_check").fetchone()[0])
+        return str(self._one("PRAGMA integrity_check")[0])
 
     def total_changes(self) -> int:
         """Rows changed through this connection since it was opened."""
@@ -338,10 +353,10 @@ class Index:
                 "WHERE state IN ('local', 'queued')"
             )
             self._run("DELETE FROM meta WHERE key IN ('node_state', 'node_since')")
-        row = self._run(
+        row = self._one(
             "SELECT count(*) FROM versions "
             "WHERE state='pinned' AND superseded_ns IS NULL"
-        ).fetchone()
+        )
         return int(row[0])
 
     def sync(self) -> None:
@@ -355,9 +370,7 @@ class Index:
     # Inodes
 
     def get_inode(self, inode: int) -> InodeRow | None:
-        row = self._run(
-            f"SELECT {_INODE_COLUMNS} FROM inodes WHERE id=?", (inode,)
-        ).fetchone()
+        row = self._one(f"SELECT {_INODE_COLUMNS} FROM inodes WHERE id=?", (inode,))
         return None if row is None else InodeRow(*row)
 
     def insert_inode(
@@ -400,20 +413,20 @@ class Index:
 
     def orphan_inodes(self) -> list[int]:
         """Inodes no name points to any more (left behind by a crash)."""
-        rows = self._run(
+        rows = self._all(
             "SELECT id FROM inodes WHERE nlink <= 0 AND id != ?", (ROOT_INODE,)
         )
         return [r[0] for r in rows]
 
     def count_inodes(self) -> int:
-        return int(self._run("SELECT count(*) FROM inodes").fetchone()[0])
+        return int(self._one("SELECT count(*) FROM inodes")[0])
 
     # Directory entries
 
     def lookup(self, parent: int, name: bytes) -> int | None:
-        row = self._run(
+        row = self._one(
             "SELECT inode FROM dentries WHERE parent=? AND name=?", (parent, name)
-        ).fetchone()
+        )
         return None if row is None else int(row[0])
 
     def insert_dentry(self, parent: int, name: bytes, inode: int) -> None:
@@ -440,7 +453,7 @@ class Index:
         )
 
     def list_dentries(self, parent: int, after: int = 0) -> list[Dentry]:
-        rows = self._run(
+        rows = self._all(
             "SELECT id, parent, name, inode FROM dentries "
             "WHERE parent=? AND id > ? ORDER BY id",
             (parent, after),
@@ -448,13 +461,11 @@ class Index:
         return [Dentry(*r) for r in rows]
 
     def has_children(self, parent: int) -> bool:
-        row = self._run(
-            "SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)
-        ).fetchone()
+        row = self._one("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,))
         return row is not None
 
     def names_of(self, inode: int) -> list[Dentry]:
-        rows = self._run(
+        rows = self._all(
             "SELECT id, parent, name, inode FROM dentries WHERE inode=? ORDER BY id",
             (inode,),
         )
@@ -470,10 +481,10 @@ class Index:
 
     def pending_pins(self) -> tuple[int, int]:
         """Versions of any age still queued or being pushed, and their bytes."""
-        row = self._run(
+        row = self._one(
             "SELECT count(*), coalesce(sum(stored_size), 0) FROM versions "
             "WHERE state IN ('queued', 'pinning')"
-        ).fetchone()
+        )
         return int(row[0]), int(row[1])
 
     def walk(self) -> Iterator[tuple[bytes, int]]:
@@ -518,21 +529,21 @@ class Index:
         return version
 
     def get_version(self, version: int) -> VersionRow | None:
-        row = self._run(
+        row = self._one(
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id=?",
             (version,),
-        ).fetchone()
+        )
         return None if row is None else VersionRow(*row)
 
     def versions_of(self, inode: int) -> list[VersionRow]:
-        rows = self._run(
+        rows = self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE inode=? ORDER BY id",
             (inode,),
         )
         return [VersionRow(*r) for r in rows]
 
     def superseded_versions(self) -> list[VersionRow]:
-        rows = self._run(
+        rows = self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions "
             "WHERE superseded_ns IS NOT NULL ORDER BY id"
         )
@@ -543,24 +554,38 @@ class Index:
 
     def cid_in_use(self, cid: str) -> bool:
         """Whether a version other than one waiting to be unpinned uses ``cid``."""
-        row = self._run(
+        row = self._one(
             "SELECT 1 FROM versions WHERE cid=? AND state != 'unpin' LIMIT 1", (cid,)
-        ).fetchone()
+        )
         return row is not None
 
+    def all_cids(self) -> set[str]:
+        """Every CID a version row (of any state) names."""
+        return {str(r[0]) for r in self._all("SELECT DISTINCT cid FROM versions")}
+
+    def all_inode_ids(self) -> list[int]:
+        return [int(r[0]) for r in self._all("SELECT id FROM inodes ORDER BY id")]
+
+    def all_dentries(self) -> list[Dentry]:
+        rows = self._all("SELECT id, parent, name, inode FROM dentries ORDER BY id")
+        return [Dentry(int(r[0]), int(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    def all_version_ids(self) -> list[int]:
+        return [int(r[0]) for r in self._all("SELECT id FROM versions ORDER BY id")]
+
     def current_cids(self) -> set[str]:
-        rows = self._run("SELECT cid FROM versions WHERE superseded_ns IS NULL")
+        rows = self._all("SELECT cid FROM versions WHERE superseded_ns IS NULL")
         return {str(r[0]) for r in rows}
 
     def version_counts(self) -> dict[str, int]:
-        rows = self._run(
+        rows = self._all(
             "SELECT state, count(*) FROM versions WHERE superseded_ns IS NULL "
             "GROUP BY state"
         )
         return {str(state): int(count) for state, count in rows}
 
     def stored_bytes(self) -> int:
-        row = self._run("SELECT coalesce(sum(stored_size), 0) FROM versions").fetchone()
+        row = self._one("SELECT coalesce(sum(stored_size), 0) FROM versions")
         return int(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
@@ -572,17 +597,15 @@ class Index:
 
     def next_pin_work(self, now_ns: int) -> VersionRow | None:
         """The oldest queued version whose retry time has come."""
-        row = self._run(
+        row = self._one(
             f"SELECT {_VERSION_COLUMNS} FROM versions "
             "WHERE state='queued' AND next_try_ns <= ? ORDER BY id LIMIT 1",
             (now_ns,),
-        ).fetchone()
+        )
         return None if row is None else VersionRow(*row)
 
     def next_retry_ns(self) -> int | None:
-        row = self._run(
-            "SELECT min(next_try_ns) FROM versions WHERE state='queued'"
-        ).fetchone()
+        row = self._one("SELECT min(next_try_ns) FROM versions WHERE state='queued'")
         return None if row[0] is None else int(row[0])
 
     def set_pin_state(
@@ -608,7 +631,7 @@ class Index:
         self._write("UPDATE versions SET next_try_ns=0 WHERE state='queued'")
 
     def versions_to_unpin(self) -> list[VersionRow]:
-        rows = self._run(
+        rows = self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state='unpin' ORDER BY id"
         )
         return [VersionRow(*r) for r in rows]
@@ -622,7 +645,7 @@ class Index:
         )
 
     def inodes_with_superseded(self) -> list[int]:
-        rows = self._run(
+        rows = self._all(
             "SELECT DISTINCT inode FROM versions "
             "WHERE superseded_ns IS NOT NULL AND state != 'unpin'"
         )
@@ -642,14 +665,14 @@ class Index:
 
     def backlog(self) -> tuple[int, int]:
         """Files and stream bytes waiting to be pinned."""
-        row = self._run(
+        row = self._one(
             "SELECT count(*), coalesce(sum(stored_size), 0) FROM versions "
             "WHERE state IN ('queued', 'pinning') AND superseded_ns IS NULL"
-        ).fetchone()
+        )
         return int(row[0]), int(row[1])
 
     def failed_versions(self) -> list[VersionRow]:
-        rows = self._run(
+        rows = self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state='failed' ORDER BY id"
         )
         return [VersionRow(*r) for r in rows]
@@ -661,31 +684,29 @@ class Index:
         self._write("UPDATE versions SET local=? WHERE cid=?", (int(local), cid))
 
     def is_local(self, cid: str) -> bool:
-        row = self._run(
-            "SELECT max(local) FROM versions WHERE cid=?", (cid,)
-        ).fetchone()
+        row = self._one("SELECT max(local) FROM versions WHERE cid=?", (cid,))
         return row[0] is None or bool(row[0])
 
     def eviction_candidates(self) -> list[VersionRow]:
         """Local streams a node has pinned, least recently used first."""
-        rows = self._run(
+        rows = self._all(
             f"SELECT {_VERSION_COLUMNS} FROM versions "
             "WHERE state='pinned' AND local=1 ORDER BY used_ns, id"
         )
         return [VersionRow(*r) for r in rows]
 
     def local_bytes(self) -> int:
-        row = self._run(
+        row = self._one(
             "SELECT coalesce(sum(stored_size), 0) FROM versions WHERE local=1"
-        ).fetchone()
+        )
         return int(row[0])
 
     # Extended attributes
 
     def get_xattr(self, inode: int, name: bytes) -> bytes | None:
-        row = self._run(
+        row = self._one(
             "SELECT value FROM xattrs WHERE inode=? AND name=?", (inode, name)
-        ).fetchone()
+        )
         return None if row is None else bytes(row[0])
 
     def set_xattr(self, inode: int, name: bytes, value: bytes) -> None:
@@ -695,7 +716,7 @@ class Index:
         )
 
     def list_xattrs(self, inode: int) -> list[bytes]:
-        rows = self._run(
+        rows = self._all(
             "SELECT name FROM xattrs WHERE inode=? ORDER BY name", (inode,)
         )
         return [bytes(r[0]) for r in rows]

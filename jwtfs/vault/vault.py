@@ -123,11 +123,17 @@ class Vault:
         self._recover()
 
     def _recover(self) -> None:
-        """Drop what a crash left behind: staging copies and nameless inodes."""
+        """Drop what a crash left behind: staging copies, nameless inodes, and
+        streams no version uses (moved in just before a crash)."""
         for leftover in self.paths.staging.iterdir():
             leftover.unlink()
         for inode in self.index.orphan_inodes():
             self._destroy(inode)
+        used = self.index.all_cids()
+        for cid in self.store.iter_streams():
+            if cid not in used:
+                log.info("removing stream %s, which no version uses", cid)
+                self.store.remove_stream(cid)
 
     def close(self) -> None:
         for open_file in self.open_files.values():
@@ -282,23 +288,42 @@ class Vault:
             self._destroy(row.id)
 
     def _destroy(self, inode: int) -> None:
-        """Delete an inode with no names and no handles, and its content."""
+        """Delete an inode with no names and no handles, and its content.
+
+        Streams are removed only after the index no longer points at them, so
+        a crash in between leaves an unused stream (dropped at the next
+        mount), never a file without content.
+        """
         with self.index.transaction():
             versions = self.index.versions_of(inode)
             self.index.release_versions_of(inode)
             self.index.delete_inode(inode)
-            for version in versions:
-                self._release(version)
+            released = [self._release_row(v) for v in versions]
+        for cid in released:
+            if cid is not None:
+                self._forget_stream(cid)
+        self._wake_pin_queue()
 
     def _release(self, version: VersionRow) -> None:
         """Let go of a version: unpin it later if a node holds it, else forget it."""
+        cid = self._release_row(version)
+        if cid is not None:
+            self._forget_stream(cid)
+        self._wake_pin_queue()
+
+    def _release_row(self, version: VersionRow) -> str | None:
+        """The index side of ``_release``; returns the CID whose stream may go."""
+        if version.state == "unpin":
+            return None
         if version.state in ("pinned", "pinning"):
             self.index.set_pin_state(version.id, "unpin")
-            self._forget_stream(version.cid)
-            if self.on_new_version is not None:
-                self.on_new_version()
         else:
-            self.forget_version(version)
+            self.index.delete_version(version.id)
+        return version.cid
+
+    def _wake_pin_queue(self) -> None:
+        if self.on_new_version is not None:
+            self.on_new_version()
 
     def forget_version(self, version: VersionRow) -> None:
         """Delete a version's row, and its local stream unless another uses it."""
