@@ -111,7 +111,9 @@ def check_mount_request(
     verifier = Verifier(config.auth)
     _check_vault(config, key.fingerprint())
     if token_file is not None:
-        token_file = normal_path(token_file)
+        # Absolute, but symlinks kept: a token file that is a symlink is
+        # followed anew on every change, so swapping its target takes effect.
+        token_file = Path(os.path.abspath(token_file.expanduser()))
         warnings += check_token_file(token_file)
     if token_file is None and not env_token:
         warnings.append(

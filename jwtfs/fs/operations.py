@@ -32,6 +32,7 @@ import trio
 
 from jwtfs.auth.scope import Grants
 from jwtfs.auth.sources import TokenSource
+from jwtfs.errors import FilesystemError
 from jwtfs.fs.errors import guarded
 from jwtfs.vault.files import OpenFile
 from jwtfs.vault.index import ROOT_INODE, InodeRow
@@ -173,7 +174,14 @@ class Operations(pyfuse3.Operations):
         as_file = grants.can_read(path) or grants.can_write(path)
         if not (as_file or grants.can_list(path)):
             raise self._refuse(path, "lookup")
-        row = self.vault.lookup(parent_inode, name)
+        try:
+            row = self.vault.lookup(parent_inode, name)
+        except FilesystemError as err:
+            # A name the token reaches only as a way to something below it:
+            # whether it is missing or a file must look the same.
+            if err.errno == errno.ENOENT and not as_file:
+                raise self._refuse(path, "lookup") from None
+            raise
         if not (as_file or row.is_dir):
             raise self._refuse(path, "lookup")
         return self._reply(parent_inode, name, row)
@@ -329,10 +337,33 @@ class Operations(pyfuse3.Operations):
         new = self.vault.child_path(parent_inode_new, name_new)
         self._require(WRITE, old)
         self._require(WRITE, new)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        self._require_no_new_reach(parent_inode_old, name_old, old, new)
+        if exchange:
+            self._require_no_new_reach(parent_inode_new, name_new, new, old)
         self.vault.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         self._move_handle_paths(
             old, new, exchange=bool(flags & pyfuse3.RENAME_EXCHANGE)
         )
+
+    def _require_no_new_reach(
+        self, parent: int, name: bytes, old: bytes, new: bytes
+    ) -> None:
+        """Moving a directory must not make anything below it readable or visible
+        at its new place that the token could not read or see at the old one."""
+        inode = self.vault.index.lookup(parent, name)
+        row = None if inode is None else self.vault.index.get_inode(inode)
+        if row is None or not row.is_dir:
+            return
+        grants = self._grants()
+        for relative, is_dir in self.vault.descendants(row.id):
+            before, after = old + relative, new + relative
+            gains_read = grants.can_read(after) and not grants.can_read(before)
+            gains_sight = grants.reaches(after, is_dir) and not grants.reaches(
+                before, is_dir
+            )
+            if gains_read or gains_sight:
+                raise self._refuse(before, "move into reach")
 
     def _move_handle_paths(self, old: bytes, new: bytes, *, exchange: bool) -> None:
         def moved(path: bytes, src: bytes, dst: bytes) -> bytes | None:

@@ -14,7 +14,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -195,6 +195,19 @@ class Vault:
         if inode == ROOT_INODE:
             return [b"/"]
         return [self.child_path(d.parent, d.name) for d in self.index.names_of(inode)]
+
+    def descendants(self, inode: int) -> Iterator[tuple[bytes, bool]]:
+        """(path relative to the directory ``inode``, is a directory) below it."""
+        pending: list[tuple[bytes, int]] = [(b"", inode)]
+        while pending:
+            prefix, directory = pending.pop()
+            for entry in self.index.list_dentries(directory):
+                row = self.index.get_inode(entry.inode)
+                is_dir = row is not None and row.is_dir
+                path = prefix + b"/" + entry.name
+                yield path, is_dir
+                if is_dir:
+                    pending.append((path, entry.inode))
 
     def list_dir(self, inode: int, after: int) -> list[tuple[int, bytes, InodeRow]]:
         self.directory(inode)
