@@ -109,7 +109,6 @@ def check_mount_request(
     key = key or open_master_key(config.master_key_file)
     KeySet.from_config(config.auth)
     verifier = Verifier(config.auth)
-    _check_vault(config, key.fingerprint())
     if token_file is not None:
         # Absolute, but symlinks kept: a token file that is a symlink is
         # followed anew on every change, so swapping its target takes effect.
@@ -125,6 +124,7 @@ def check_mount_request(
             "no valid token yet: reads are refused until one is given "
             "('jwtfs token inspect FILE' says why)"
         )
+    _check_vault(config, key.fingerprint())
     return MountRequest(config, mountpoint, token_file, env_token, key), warnings
 
 
@@ -161,7 +161,7 @@ def _check_mountpoint(mountpoint: Path) -> None:
 def _check_vault(config: Config, key_fingerprint: str) -> None:
     if not config.index_file.exists():
         raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")
-    index = Index(config.index_file, readonly=True)
+    index = Index(config.index_file, readonly=True, untouched=True)
     try:
         expected = index.meta("key_fingerprint")
     finally:
@@ -359,6 +359,10 @@ def _notify_systemd(message: str) -> None:
 
 def serve(request: MountRequest, ready_fd: int | None) -> int:
     """Mount and serve until unmounted or signalled; return the exit code."""
+    # A parent that had these blocked passes the mask on; unmount needs them.
+    signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    )
     config = request.config
     key = request.key
     verifier = Verifier(config.auth)

@@ -83,13 +83,15 @@ class BlockStore:
         except OSError as exc:
             raise _translate(exc, f"cannot create block store in {root}") from exc
 
-    def add_stream(self, src: Path, *, durable: bool) -> Dag:
+    def add_stream(self, src: Path, *, durable: bool, dag: Dag | None = None) -> Dag:
         """Move the file ``src`` into the store under its CID and return its DAG.
 
         ``src`` must be on the same filesystem as the store. When the stream is
         already present, ``src`` is unlinked instead. With ``durable``, the
         stream and the directories are fsync'd, so the stream survives a crash
-        once this returns. On failure ``src`` is left where it was.
+        once this returns. On failure ``src`` is left where it was. ``dag``,
+        when given, is the DAG of ``src`` computed while it was written; the
+        caller vouches for it and the file is not hashed again.
 
         Raises:
             StoreFullError: the filesystem is full.
@@ -97,7 +99,8 @@ class BlockStore:
         """
         written: list[Cid] = []
         try:
-            dag = build_dag_from_file(src)
+            if dag is None:
+                dag = build_dag_from_file(src)
             self._write_nodes(dag.nodes, written=written)
             target = self._stream_file(dag.root)
             created = _make_dir(target.parent)

@@ -208,9 +208,17 @@ class Index:
     called outside one commits on its own.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, untouched: bool = False
+    ) -> None:
+        """Open the index; ``untouched`` reads it without creating SQLite's
+        ``-wal`` and ``-shm`` files, for checks that must change nothing (it
+        may miss what a running daemon has not checkpointed yet)."""
         try:
-            if readonly:
+            if untouched:
+                uri = f"file:{path}?mode=ro&immutable=1"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            elif readonly:
                 uri = f"file:{path}?mode=ro"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
             else:

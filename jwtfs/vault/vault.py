@@ -71,6 +71,9 @@ def prepare_directories(paths: Paths) -> None:
     """Create the data directory, the store and the staging area (mode 0700)."""
     for directory in (paths.index.parent, paths.store, paths.staging):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The daemon's lock file exists from the start, so a mount refused for a
+    # bad argument leaves the data directory exactly as it was.
+    (paths.index.parent / "lock").touch(mode=0o600)
 
 
 def initialize(paths: Paths, *, uid: int, gid: int, key_fingerprint: str) -> str:

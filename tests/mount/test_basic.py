@@ -73,3 +73,41 @@ def test_symlink_hardlink_chmod_xattr(vault: VaultHarness) -> None:
     os.unlink(f)
     assert (vault.mnt / "h").read_text() == "content"
     assert os.stat(vault.mnt / "h").st_nlink == 1
+
+
+@pytest.mark.parametrize(
+    "pattern", ["sequential", "backwards", "append", "rewrite-tail", "sparse"]
+)
+def test_recorded_cid_is_the_stream_cid_whatever_the_write_order(
+    vault: VaultHarness, pattern: str
+) -> None:
+    import json
+
+    from jwtfs.blocks.unixfs import build_dag_from_file
+
+    p = vault.mnt / f"f-{pattern}"
+    block = os.urandom(65536 * 3 + 17)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if pattern == "sequential":
+            for _ in range(5):
+                os.write(fd, block)
+        elif pattern == "backwards":
+            for k in reversed(range(5)):
+                os.pwrite(fd, block, k * len(block))
+        elif pattern == "append":
+            for _ in range(5):
+                os.write(fd, block)
+                os.fsync(fd)
+        elif pattern == "rewrite-tail":
+            os.write(fd, block * 5)
+            os.fsync(fd)
+            os.pwrite(fd, b"tail", 5 * len(block) - 2)
+        else:
+            os.pwrite(fd, block, 10 * len(block))
+    finally:
+        os.close(fd)
+    rows = json.loads(vault.jwtfs("index", "--json").stdout)
+    cid = next(r["cid"] for r in rows if r["path"] == f"/f-{pattern}")
+    stream = vault.data_dir / "store" / "streams" / cid[-2:] / cid
+    assert str(build_dag_from_file(stream).root) == cid
