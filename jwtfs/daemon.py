@@ -60,6 +60,7 @@ class MountRequest:
     token_file: Path | None
     env_token: str | None
     key: MasterKey
+    allow_other: bool = False
 
 
 def setup_logging(verbose: bool = False, *, quiet: bool = False) -> None:
@@ -373,7 +374,9 @@ def serve(request: MountRequest, ready_fd: int | None) -> int:
         )
         try:
             operations = Operations(vault, tokens)
-            session.mount(operations, request.mountpoint)
+            session.mount(
+                operations, request.mountpoint, allow_other=request.allow_other
+            )
             record = _write_record(request)
             try:
                 trio.run(_main, request, operations, ready_fd)

@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     p_mount.add_argument(
         "--ipfs-api", metavar="URL", help="pin to this node ('none': no node)"
     )
+    p_mount.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users reach the mount (they get only its root's attributes)",
+    )
     p_mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p_mount.add_argument("--key-fd", type=int, help=argparse.SUPPRESS)
     p_mount.set_defaults(func=mount)

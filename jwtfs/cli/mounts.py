@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import trio
 
@@ -38,6 +39,7 @@ def mount(args: argparse.Namespace) -> int:
     request, warnings = check_mount_request(
         config, args.mountpoint, args.token_file, env_token, key=key
     )
+    request = replace(request, allow_other=args.allow_other)
     for warning in warnings:
         print(f"jwtfs: warning: {warning}", file=sys.stderr)
     if args.foreground:
@@ -49,6 +51,8 @@ def mount(args: argparse.Namespace) -> int:
         argv.append("--verbose")
     if args.ipfs_api is not None:
         argv += ["--ipfs-api", args.ipfs_api]
+    if args.allow_other:
+        argv.append("--allow-other")
     log_path = config.data_dir / "mount.log"
     start_background(argv, log_path, request.key)
     print(f"mounted {request.mountpoint} (log: {log_path})")

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyfuse3
 import trio
@@ -107,10 +109,16 @@ class Operations(pyfuse3.Operations):
         super().__init_subclass__(**kwargs)
         _guard_handlers(cls)
 
-    def __init__(self, vault: Vault, tokens: TokenSource) -> None:
+    def __init__(
+        self, vault: Vault, tokens: TokenSource, *, owner_uid: int | None = None
+    ) -> None:
         super().__init__()
         self.vault = vault
         self.tokens = tokens
+        # The tokens are the mounting user's. With allow_other the kernel lets
+        # other users' requests through, and they get only the root's
+        # attributes and statfs; without it the kernel refuses them itself.
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self._handles: dict[int, Handle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -628,11 +636,33 @@ HANDLERS = [
 ]
 
 
+# What another user may still ask of an allow_other mount.
+_OPEN_TO_OTHERS = frozenset({"statfs", "forget", "release", "releasedir", "flush"})
+
+
+def _owner_only(name: str, handler: Callable[..., Awaitable[Any]]) -> Any:
+    """Refuse requests of users other than the mounting one (allow_other)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        ctx = next((a for a in args if isinstance(a, pyfuse3.RequestContext)), None)
+        if ctx is not None and ctx.uid != self.owner_uid:
+            root_attrs = name == "getattr" and args[0] == ROOT_INODE
+            if not root_attrs and name not in _OPEN_TO_OTHERS:
+                log.info(
+                    "access denied: %s by uid %d (not the mount's owner)", name, ctx.uid
+                )
+                raise pyfuse3.FUSEError(errno.EACCES)
+        return await handler(self, *args)
+
+    return wrapper
+
+
 def _guard_handlers(cls: type) -> None:
     for name in HANDLERS:
         handler = cls.__dict__.get(name)
         if handler is not None and not getattr(handler, "__guarded__", False):
-            setattr(cls, name, guarded(handler))
+            setattr(cls, name, guarded(_owner_only(name, handler)))
 
 
 _guard_handlers(Operations)

@@ -18,9 +18,19 @@ from jwtfs.fs.operations import Operations
 MOUNT_OPTIONS = frozenset({"default_permissions", "fsname=jwtfs", "subtype=jwtfs"})
 
 
-def mount(operations: Operations, mountpoint: Path) -> None:
-    """Mount ``operations`` at ``mountpoint``; requests wait for ``serve``."""
-    pyfuse3.init(operations, str(mountpoint), set(MOUNT_OPTIONS))
+def mount(
+    operations: Operations, mountpoint: Path, *, allow_other: bool = False
+) -> None:
+    """Mount ``operations`` at ``mountpoint``; requests wait for ``serve``.
+
+    ``allow_other`` lets the kernel pass other users' requests on (a non-root
+    user needs ``user_allow_other`` in ``/etc/fuse.conf``); the operations
+    then refuse them.
+    """
+    options = set(MOUNT_OPTIONS)
+    if allow_other:
+        options.add("allow_other")
+    pyfuse3.init(operations, str(mountpoint), options)
 
 
 async def serve() -> None:

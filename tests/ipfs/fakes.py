@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -114,8 +115,11 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             status, answer_headers = answer.status, answer.getheaders()
         finally:
             upstream.close()
-        block = urlsplit(self.path).path.endswith("/block/get")
-        if block and status == 200 and content:
+        command = urlsplit(self.path).path
+        if self.server.wrong_add_cid and command.endswith("/add") and status == 200:
+            content = bytearray(_with_wrong_hash(bytes(content)))
+            self.server.tampered += 1
+        elif command.endswith("/block/get") and status == 200 and content:
             content[len(content) // 2] ^= 0x01
             self.server.tampered += 1
         self.send_response(status)
@@ -146,21 +150,39 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 class _ProxyServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, wrong_add_cid: bool) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream_port = upstream_port
+        self.wrong_add_cid = wrong_add_cid
         self.tampered = 0
 
 
-class TamperingProxy:
-    """Forwards to the node at ``upstream`` and damages every block it returns.
+# Answered for every add when the proxy lies about CIDs: the empty raw block.
+WRONG_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
-    ``tampered`` counts the ``block/get`` answers changed, so a test can
-    show the damaged path was taken.
+
+def _with_wrong_hash(answer: bytes) -> bytes:
+    lines = []
+    for line in answer.splitlines():
+        entry = json.loads(line)
+        if "Hash" in entry:
+            entry["Hash"] = WRONG_CID
+        lines.append(json.dumps(entry).encode())
+    return b"\n".join(lines) + b"\n"
+
+
+class TamperingProxy:
+    """Forwards to the node at ``upstream`` and damages every block it returns,
+    or, with ``wrong_add_cid``, names a wrong CID in every ``add`` answer.
+
+    ``tampered`` counts the answers changed, so a test can show the damaged
+    path was taken.
     """
 
-    def __init__(self, upstream: str) -> None:
-        self._server = _ProxyServer(loopback_port(upstream))
+    def __init__(self, upstream: str, *, wrong_add_cid: bool = False) -> None:
+        self._server = _ProxyServer(
+            loopback_port(upstream), wrong_add_cid=wrong_add_cid
+        )
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
