@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
-import hmac
-import json
 import time
 import tomllib
 from collections.abc import Iterator
@@ -23,30 +20,10 @@ import jwt
 import pytest
 
 from tests.harness import VaultHarness
+from tests.security.test_token_cases import make
 
 SECRET = b"in-scope plaintext 8f2c\n"
 LEEWAY = 2
-
-
-def b64(b: bytes) -> bytes:
-    return base64.urlsafe_b64encode(b).rstrip(b"=")
-
-
-def make(
-    header: dict[str, Any],
-    claims: dict[str, Any],
-    *,
-    secret: bytes | None = None,
-    sig: bytes | None = None,
-) -> str:
-    h, p = b64(json.dumps(header).encode()), b64(json.dumps(claims).encode())
-    if sig is None:
-        sig = (
-            b""
-            if secret is None
-            else b64(hmac.new(secret, h + b"." + p, hashlib.sha256).digest())
-        )
-    return (h + b"." + p + b"." + sig).decode()
 
 
 @pytest.fixture(scope="module")
