@@ -15,12 +15,14 @@ the fix, so the CLI can print it as one line and exit 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jwtfs.errors import ConfigError
 
@@ -82,12 +84,35 @@ class IpfsConfig:
     ``IPFS_API_AUTHORIZATION`` environment variable, never the command line.
     ``timeout`` bounds every request; ``fetch_timeout`` bounds a read that must
     fetch evicted content, so a reader gets EIO instead of hanging.
+    ``upload_while_writing`` lets a file written front to back be uploaded
+    while it is written, so its pin follows soon after the close; None
+    (``"auto"``) means only when the node is on another machine, since a
+    node on this one takes CPU and disk from the writer meanwhile.
     """
 
     api: str | None = DEFAULT_IPFS_API
     authorization: str | None = field(default=None, repr=False)
     timeout: float = 60.0
     fetch_timeout: float = 30.0
+    upload_while_writing: bool | None = None
+
+    def uploads_while_writing(self) -> bool:
+        """Whether to upload during writes, with ``"auto"`` resolved."""
+        if self.api is None:
+            return False
+        if self.upload_while_writing is not None:
+            return self.upload_while_writing
+        return not _is_loopback(self.api)
+
+
+def _is_loopback(api: str) -> bool:
+    host = urlsplit(api).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -158,6 +183,15 @@ class _Table:
         value = self.data.get(key, default)
         if value is not None and not isinstance(value, str):
             raise self._fail(key, "must be a string")
+        return value
+
+    def switch(self, key: str) -> bool | None:
+        """A setting of true, false or "auto" (None); absent means auto."""
+        value = self.data.get(key, "auto")
+        if value == "auto":
+            return None
+        if not isinstance(value, bool):
+            raise self._fail(key, 'must be true, false or "auto"')
         return value
 
     def integer(self, key: str, default: int, minimum: int = 0) -> int:
@@ -310,6 +344,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
             authorization=ipfs.string("authorization"),
             timeout=ipfs.number("timeout", IpfsConfig.timeout),
             fetch_timeout=ipfs.number("fetch_timeout", IpfsConfig.fetch_timeout),
+            upload_while_writing=ipfs.switch("upload_while_writing"),
         ),
         retention=RetentionConfig(
             keep_versions=retention.integer(

@@ -411,6 +411,8 @@ async def _main(
         )
         queue = PinQueue(vault, client, snapshots)
         vault.on_new_version = queue.wake
+        if request.config.ipfs.uploads_while_writing():
+            vault.push_growing = queue.push_growing
         log.info(
             "mounted %s; pinning to %s", request.mountpoint, request.config.ipfs.api
         )

@@ -72,13 +72,16 @@ class VaultHarness:
         self.jwtfs("init")
         self.set_config("ipfs", "api", ipfs_api or "")
 
-    def set_config(self, table: str, key: str, value: str | int) -> None:
+    def set_config(self, table: str, key: str, value: str | int | bool) -> None:
         """Set one key of config.toml (the file jwtfs init wrote)."""
         path = self.config_dir / "config.toml"
         lines = path.read_text().splitlines()
-        rendered = (
-            f"{key} = {value!r}" if isinstance(value, int) else f'{key} = "{value}"'
-        )
+        if isinstance(value, bool):
+            rendered = f"{key} = {'true' if value else 'false'}"
+        elif isinstance(value, int):
+            rendered = f"{key} = {value!r}"
+        else:
+            rendered = f'{key} = "{value}"'
         start = lines.index(f"[{table}]") if f"[{table}]" in lines else None
         if start is None:
             lines += ["", f"[{table}]", rendered]

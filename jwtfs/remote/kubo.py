@@ -78,12 +78,14 @@ _UPLOAD_CHUNK = 1024 * 1024
 _CHUNKER = f"size-{CHUNK_SIZE}"
 
 
-class _AsyncReader(Protocol):
+class AsyncReader(Protocol):
+    """What ``add_reader`` reads: up to ``size`` bytes a call, b"" at the end."""
+
     async def read(self, size: int = -1, /) -> bytes: ...
 
 
 # What a request carries as its one multipart file part.
-_Part = bytes | _AsyncReader | None
+_Part = bytes | AsyncReader | None
 
 
 class NodeUnreachableError(RemoteError):
@@ -187,13 +189,29 @@ class KuboClient:
         """Upload the file at ``path`` as one UnixFS file; return (root, Size).
 
         The file is read in 1 MiB pieces while it is sent, so its size does not
-        matter. The DAG is laid out as ``jwtfs.blocks.unixfs`` lays it out
-        (CIDv1, raw leaves, 256 KiB chunks), so the root can be compared with
-        the local one; ``Size`` is the DAG's cumulative size. The file's name is
-        not sent.
+        matter. See ``add_reader`` for the layout and the errors.
 
         Raises:
             OSError: the file cannot be opened or read.
+            NodeUnreachableError, NodeTimeoutError, NodeResponseError: as for
+                ``add_reader``.
+        """
+        async with await trio.open_file(path, "rb") as file:
+            return await self.add_reader(file, pin=pin)
+
+    async def add_reader(
+        self, reader: AsyncReader, *, pin: bool = True
+    ) -> tuple[Cid, int]:
+        """Upload what ``reader`` gives until it gives b""; return (root, Size).
+
+        The DAG is laid out as ``jwtfs.blocks.unixfs`` lays it out (CIDv1, raw
+        leaves, 256 KiB chunks), so the root can be compared with the local
+        one; ``Size`` is the DAG's cumulative size. No name is sent. The body
+        is sent as it is read, so a reader may wait for data that is still
+        being written; an exception it raises aborts the request (nothing is
+        pinned then) and reaches the caller unchanged.
+
+        Raises:
             NodeUnreachableError, NodeTimeoutError: as for every call.
             NodeResponseError: an error status, or no usable root in the answer.
         """
@@ -204,8 +222,7 @@ class KuboClient:
             "pin": "true" if pin else "false",
             "cid-base": "base32",
         }
-        async with await trio.open_file(path, "rb") as file:
-            entries = await self._json_lines("add", params, part=file)
+        entries = await self._json_lines("add", params, part=reader)
         # One entry per file added: here exactly one, the root.
         roots = [entry for entry in entries if "Hash" in entry]
         if len(roots) != 1:
@@ -604,7 +621,7 @@ def _multipart_frame(boundary: str) -> tuple[bytes, bytes]:
 
 
 async def _multipart_stream(
-    head: bytes, file: _AsyncReader, tail: bytes
+    head: bytes, file: AsyncReader, tail: bytes
 ) -> AsyncGenerator[bytes, None]:
     yield head
     while chunk := await file.read(_UPLOAD_CHUNK):

@@ -14,6 +14,11 @@ A commit (on close and fsync) moves the staging stream into the block store,
 where its CID is computed, and records a new version in the index. The next
 change copies the committed stream into staging again.
 
+A staging stream written front to back from its header on (a new file, or one
+truncated to nothing first) is hashed while it is written, so the commit need
+not read it again, and uploaded to the node while it is written (``uploads``),
+so its pin follows soon after the close.
+
 Invariant: a segment that is in the cache is the truth; a segment that is not
 is correct on disk for the current size. Growing the file therefore loads and
 pads the old last segment into the cache first, and shrinking cuts the staging
@@ -46,6 +51,7 @@ from jwtfs.crypto.segments import (
     stream_length,
 )
 from jwtfs.errors import IntegrityError, StoreError, StoreFullError
+from jwtfs.vault.uploads import GrowingStream
 
 if TYPE_CHECKING:
     from jwtfs.vault.vault import Vault
@@ -102,6 +108,8 @@ class OpenFile:
         # order of writes drops the builder and the commit hashes the file.
         self._hasher: DagBuilder | None = None
         self._hashed_upto = 0
+        # The upload of that same front, while the hasher lives.
+        self._upload: GrowingStream | None = None
         self._base_fd: int | None = None
 
     # Reading
@@ -311,24 +319,50 @@ class OpenFile:
             length = stream_length(size, new_size)
             await self._ensure_staging(length)
             await self._in_thread(lambda: self._truncate_staging(length), work=0)
+            self._follow_upload()
 
     async def _trim_cache(self) -> None:
         if len(self._dirty) >= DIRTY_SEGMENTS:
-            await self._flush_dirty()
+            await self._flush_dirty(hold_tail=True)
         while len(self._cache) > CACHE_SEGMENTS:
             oldest = next(iter(self._cache))
             if oldest in self._dirty:
                 await self._flush_dirty()
             del self._cache[oldest]
 
-    async def _flush_dirty(self) -> None:
-        """Encrypt dirty segments into the staging stream."""
+    async def _flush_dirty(self, *, hold_tail: bool = False) -> None:
+        """Encrypt dirty segments into the staging stream.
+
+        With ``hold_tail``, a partly filled last segment stays dirty in the
+        cache while the stream is hashed along: a sequential writer is likely
+        to fill it next, and rewriting it on disk would end the hashing.
+        """
         length = stream_length(self.segment_size, self.size)
         await self._ensure_staging(length)
-        batch = [(i, bytes(self._cache[i])) for i in sorted(self._dirty)]
+        indexes = sorted(self._dirty)
+        held: set[int] = set()
+        if hold_tail and self._hasher is not None and len(indexes) > 1:
+            tail = indexes[-1]
+            if self._logical_length(tail) < self.segment_size:
+                held.add(indexes.pop())
+        batch = [(i, bytes(self._cache[i])) for i in indexes]
         work = sum(len(plain) for _, plain in batch)
         await self._in_thread(lambda: self._write_segments(batch, length), work=work)
-        self._dirty.clear()
+        self._dirty = held
+        self._follow_upload()
+
+    def _follow_upload(self) -> None:
+        """Let the upload see the new front, start it, or abandon it."""
+        if self._hasher is None or self._staging is None:
+            if self._upload is not None:
+                self._upload.abandon()
+                self._upload = None
+            return
+        if self._upload is None or self._upload.abandoned:
+            start = self.vault.push_growing
+            self._upload = None if start is None else start(self._staging)
+        if self._upload is not None:
+            self._upload.advance(self._hashed_upto)
 
     def _write_segments(self, batch: list[tuple[int, bytes]], length: int) -> None:
         fd = self._staging_fd
@@ -379,12 +413,16 @@ class OpenFile:
         def create() -> int:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                if base is None:
+                # When nothing past the header is kept, the stream starts anew
+                # as a new file's does (every version has the same header).
+                kept = 0 if base is None else min(needed, os.fstat(base).st_size)
+                if kept <= len(header):
                     os.write(fd, header)
                     self._hasher = DagBuilder()
                     self._hasher.feed(header)
                     self._hashed_upto = len(header)
                 else:
+                    assert base is not None
                     self._hasher = None
                     _copy_prefix(base, fd, needed)
             except OSError as err:
@@ -423,10 +461,14 @@ class OpenFile:
             assert staging is not None and self._staging_fd is not None
             os.close(self._staging_fd)
             self._staging_fd = None
+            known = self._finished_dag(length)
+            upload, self._upload = self._upload, None
+            if upload is not None and known is None:
+                upload.abandon()
+                upload = None
             try:
                 # An fsync may take long: never on the event loop.
                 work = length if not durable else INLINE_BYTES
-                known = self._finished_dag(length)
                 if known is not None:
                     work = 0 if not durable else INLINE_BYTES
                 dag = await self._in_thread(
@@ -436,13 +478,41 @@ class OpenFile:
                     work=work,
                 )
             except BaseException:
+                if upload is not None:
+                    upload.abandon()
                 self._reopen_staging(staging)
                 raise
             self._staging = None
             old = self.base_cid
             self.base_cid = str(dag.root)
             self.changed = False
-            self.vault.record_version(self.inode, dag, self.size, old, durable=durable)
+            self._record(dag, length, old, upload, durable=durable)
+
+    def _record(
+        self,
+        dag: Dag,
+        length: int,
+        old: str | None,
+        upload: GrowingStream | None,
+        *,
+        durable: bool,
+    ) -> None:
+        """Index the committed ``dag``; tell its upload, if any, where it ends."""
+        try:
+            version_id = self.vault.record_version(
+                self.inode,
+                dag,
+                self.size,
+                old,
+                durable=durable,
+                uploading=upload is not None,
+            )
+        except BaseException:
+            if upload is not None:
+                upload.abandon()
+            raise
+        if upload is not None:
+            upload.finish(length, str(dag.root), version_id)
 
     def _finished_dag(self, length: int) -> Dag | None:
         """The DAG hashed along the writes, when they covered the whole stream."""
@@ -470,6 +540,9 @@ class OpenFile:
 
     def discard(self) -> None:
         """Drop every staged change and close descriptors (file deleted)."""
+        if self._upload is not None:
+            self._upload.abandon()
+            self._upload = None
         self._close_base()
         if self._staging_fd is not None:
             os.close(self._staging_fd)

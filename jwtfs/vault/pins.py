@@ -9,6 +9,13 @@ local. A node that cannot be reached leaves versions queued; the worker retries
 with backoff and never gives up on them. A node that answers with an error is
 retried ``MAX_ATTEMPTS`` times before the version is marked ``failed``.
 
+A new file written front to back is uploaded while it is written
+(``uploads``): ``push_growing`` starts its ``add`` beside the worker, at most
+``GROWING_UPLOADS`` at once, and the version it ends in is pinned when the
+file is closed and the rest has arrived. Whatever goes wrong on that path
+(the stream changed, the node failed, the CIDs differ) puts the version back
+in the queue, so the worker's push stays the one that decides.
+
 Versions marked ``unpin`` (superseded past retention, or of deleted files) are
 unpinned and then forgotten. Once the queue is empty, an encrypted snapshot of
 the index is pinned too when it changed (``backup``), at most once a minute.
@@ -17,7 +24,9 @@ the index is pinned too when it changed (``backup``), at most once a minute.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import trio
 
@@ -26,6 +35,7 @@ from jwtfs.errors import NotFoundError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
 from jwtfs.vault.backup import Snapshots
 from jwtfs.vault.index import VersionRow
+from jwtfs.vault.uploads import GrowingStream, UploadAbandonedError
 from jwtfs.vault.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -36,6 +46,9 @@ UNREACHABLE_RETRY_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 300.0
 # Retention and eviction are looked at this often even when nothing happens.
 MAINTENANCE_SECONDS = 30.0
+# Uploads of files still being written, beside the worker's own push: enough
+# for a copy of two large files at once, few enough not to flood the node.
+GROWING_UPLOADS = 2
 
 
 class PinQueue:
@@ -49,6 +62,8 @@ class PinQueue:
         self.snapshots = snapshots
         self._wake = trio.Event()
         self._reachable: bool | None = None
+        self._nursery: trio.Nursery | None = None
+        self._growing: set[GrowingStream] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -62,11 +77,74 @@ class PinQueue:
         index = self.vault.index
         index.requeue_interrupted()
         index.queue_local_versions()
-        while True:
-            await self.drain()
-            await self.unpin_released()
-            await self._snapshot_if_due()
-            await self._sleep()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                while True:
+                    await self.drain()
+                    await self.unpin_released()
+                    await self._snapshot_if_due()
+                    await self._sleep()
+            finally:
+                self._nursery = None
+
+    def push_growing(self, path: Path) -> GrowingStream | None:
+        """Start uploading the staging stream at ``path`` while it is written.
+
+        Returns None (the version is then pushed after its commit) when the
+        queue is not running, the node is known to be down, or enough uploads
+        are under way already.
+        """
+        if self._nursery is None or self._reachable is False:
+            return None
+        if len(self._growing) >= GROWING_UPLOADS:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            log.debug("not uploading %s while it is written: %s", path.name, err)
+            return None
+        stream = GrowingStream(fd)
+        self._growing.add(stream)
+        self._nursery.start_soon(self._upload_growing, stream)
+        return stream
+
+    async def _upload_growing(self, stream: GrowingStream) -> None:
+        try:
+            cid, _ = await self.client.add_reader(stream, pin=True)
+        except (UploadAbandonedError, RemoteError, OSError) as err:
+            self._requeue_growing(stream, str(err))
+            return
+        finally:
+            stream.close()
+            self._growing.discard(stream)
+        self._node_state(True)
+        if stream.version_id is None:
+            # The node took a cut-off body for the whole file and pinned it.
+            await self._unpin_quietly(cid)
+            return
+        if cid != stream.cid:
+            # The worker pushes it again and judges the mismatch.
+            self._requeue_growing(stream, f"node computed {cid}")
+            return
+        self._settle(stream.version_id, cid)
+
+    async def _unpin_quietly(self, cid: Cid) -> None:
+        log.debug("the node answered an unfinished upload with %s; unpinning", cid)
+        try:
+            await self.client.pin_rm(cid)
+        except RemoteError as err:
+            log.debug("unpinning %s failed: %s", cid, err)
+
+    def _requeue_growing(self, stream: GrowingStream, reason: str) -> None:
+        """Hand the version of a failed upload (if it got one) to the worker."""
+        if stream.version_id is None:
+            return
+        log.debug("upload during the write ended: %s; queued instead", reason)
+        current = self.vault.index.get_version(stream.version_id)
+        if current is not None and current.state == "pinning":
+            self.vault.index.set_pin_state(current.id, "queued", next_try_ns=0)
+        self.wake()
 
     async def _snapshot_if_due(self) -> None:
         if self.snapshots is None or not self.snapshots.due():
@@ -122,20 +200,28 @@ class PinQueue:
             self._give_up_or_retry(version, str(err))
             return True
         self._node_state(True)
-        current = index.get_version(version.id)
-        if current is None or current.state == "unpin":
-            return True
         if cid != version.cid:
-            index.set_pin_state(version.id, "failed", reason=f"node computed {cid}")
-            log.error(
-                "pin failed: the node computed CID %s for stream %s; kept locally",
-                cid,
-                version.cid,
-            )
+            current = index.get_version(version.id)
+            if current is not None and current.state != "unpin":
+                index.set_pin_state(version.id, "failed", reason=f"node computed {cid}")
+                log.error(
+                    "pin failed: the node computed CID %s for stream %s; kept locally",
+                    cid,
+                    version.cid,
+                )
             return True
-        index.set_pin_state(version.id, "pinned")
-        log.debug("pinned %s", cid)
+        self._settle(version.id, cid)
         return True
+
+    def _settle(self, version_id: int, cid: Cid) -> None:
+        """Record the pin of a version whose CID the node confirmed."""
+        current = self.vault.index.get_version(version_id)
+        if current is None or current.state == "unpin":
+            # Released while it was pushed: ``unpin_released`` takes it off.
+            self.wake()
+            return
+        self.vault.index.set_pin_state(version_id, "pinned")
+        log.debug("pinned %s", cid)
 
     def _give_up_or_retry(self, version: VersionRow, reason: str) -> None:
         attempts = version.attempts + 1
@@ -161,7 +247,11 @@ class PinQueue:
 
     async def unpin_released(self) -> None:
         """Unpin versions marked ``unpin``; forget them once the node agrees."""
+        uploading = {stream.version_id for stream in self._growing}
         for version in self.vault.index.versions_to_unpin():
+            if version.id in uploading:
+                # Its add may still pin it; unpinned once that has ended.
+                continue
             try:
                 await self.client.pin_rm(Cid(version.cid))
             except (NodeUnreachableError, NodeTimeoutError) as err:

@@ -31,6 +31,7 @@ from jwtfs.errors import FilesystemError, NotFoundError, StoreError, StoreFullEr
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.files import OpenFile
 from jwtfs.vault.index import ROOT_INODE, Index, InodeRow, VersionRow
+from jwtfs.vault.uploads import GrowingStream
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ class Vault:
         self.remote = remote
         # Called after each new version, so the pin queue wakes up.
         self.on_new_version: Callable[[], None] | None = None
+        # Starts the upload of a staging stream while it is written, when the
+        # pin queue can take one (``uploads``).
+        self.push_growing: Callable[[Path], GrowingStream | None] | None = None
         self.index = Index(paths.index)
         if not self.index.has_schema():
             raise StoreError(f"{paths.index}: not a jwtfs index; run 'jwtfs init'")
@@ -606,17 +610,31 @@ class Vault:
             await self.commit(open_file, durable=True)
 
     def record_version(
-        self, inode: int, dag: Dag, size: int, old_cid: str | None, *, durable: bool
-    ) -> None:
-        """Index a newly committed stream as the current version of ``inode``."""
+        self,
+        inode: int,
+        dag: Dag,
+        size: int,
+        old_cid: str | None,
+        *,
+        durable: bool,
+        uploading: bool = False,
+    ) -> int:
+        """Index a newly committed stream as the current version of ``inode``.
+
+        With ``uploading``, its upload is under way already (``uploads``), so
+        it is recorded as being pinned rather than queued. Returns its id.
+        """
         open_file = self.open_files.get(inode)
+        state = "local" if self.on_new_version is None else "queued"
+        if uploading and state == "queued":
+            state = "pinning"
         with self.index.transaction():
-            self.index.insert_version(
+            version_id = self.index.insert_version(
                 inode=inode,
                 cid=str(dag.root),
                 size=size,
                 stored_size=dag.length,
-                state="local" if self.on_new_version is None else "queued",
+                state=state,
             )
             if open_file is not None and open_file.mtime_ns is not None:
                 self.index.update_inode(
@@ -628,6 +646,7 @@ class Vault:
             self.index.sync()
         if self.on_new_version is not None:
             self.on_new_version()
+        return version_id
 
     def apply_retention(self, inode: int) -> None:
         """Release superseded versions of ``inode`` that the policy does not keep."""
