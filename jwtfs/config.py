@@ -102,11 +102,12 @@ class IpfsConfig:
             return False
         if self.upload_while_writing is not None:
             return self.upload_while_writing
-        return not _is_loopback(self.api)
+        return not is_loopback_url(self.api)
 
 
-def _is_loopback(api: str) -> bool:
-    host = urlsplit(api).hostname or ""
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

@@ -14,17 +14,16 @@ where they fail: a broken install must never look green.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit
 
 import pytest
 
 from jwtfs.blocks.cid import Cid
+from jwtfs.config import is_loopback_url
 from jwtfs.remote.kubo import KuboClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,16 +39,6 @@ def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"IPFS test node unavailable under CI: {reason}", pytrace=False)
     pytest.skip(f"IPFS test node unavailable: {reason}")
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _script(command: str, env: dict[str, str], timeout: float) -> str:
@@ -76,7 +65,7 @@ def ipfs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API base URL of a running node on loopback."""
     external = os.environ.get("JWTFS_IPFS_API")
     if external:
-        if not _is_loopback(external):
+        if not is_loopback_url(external):
             pytest.fail(f"JWTFS_IPFS_API must be a loopback URL, got {external!r}")
         yield external
         return
@@ -89,7 +78,7 @@ def ipfs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _script("install", env, INSTALL_TIMEOUT)
     url = _script("start", env, START_TIMEOUT).strip()
     try:
-        if not _is_loopback(url):
+        if not is_loopback_url(url):
             pytest.fail(f"scripts/ipfs-node started a node on {url!r}, not loopback")
         yield url
     finally:

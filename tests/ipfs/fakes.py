@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import ipaddress
 import json
 import os
 import socket
@@ -26,6 +25,8 @@ from typing import Self
 from urllib.parse import urlsplit
 
 import pytest
+
+from jwtfs.config import is_loopback_url
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "ipfs-node"
@@ -45,8 +46,7 @@ HOP_BY_HOP = {
 def loopback_port(url: str) -> int:
     """The port of ``url``, which must name a loopback address."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    assert host == "localhost" or ipaddress.ip_address(host).is_loopback, url
+    assert is_loopback_url(url), url
     assert parts.port is not None, url
     return parts.port
 
