@@ -358,7 +358,7 @@ class OpenFile:
                 self._upload.abandon()
                 self._upload = None
             return
-        if self._upload is None or self._upload.abandoned:
+        if self._upload is None or self._upload.ended:
             start = self.vault.push_growing
             self._upload = None if start is None else start(self._staging)
         if self._upload is not None:
@@ -498,6 +498,8 @@ class OpenFile:
         durable: bool,
     ) -> None:
         """Index the committed ``dag``; tell its upload, if any, where it ends."""
+        if upload is not None and upload.ended:
+            upload = None  # failed before the end; the pin queue pushes it
         try:
             version_id = self.vault.record_version(
                 self.inode,

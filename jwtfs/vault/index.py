@@ -62,7 +62,7 @@ import contextlib
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -659,10 +659,18 @@ class Index:
         )
         return [int(r[0]) for r in rows]
 
-    def requeue_interrupted(self) -> int:
-        """Versions left ``pinning`` by a stopped daemon go back in the queue."""
+    def requeue_interrupted(self, keep: Collection[int] = ()) -> int:
+        """Versions left ``pinning`` by a stopped daemon (or a push that ended
+        without a word) go back in the queue, except those in ``keep``."""
+        if not keep:
+            return self._write(
+                "UPDATE versions SET state='queued' WHERE state='pinning'"
+            ).rowcount
+        marks = ", ".join("?" * len(keep))
         return self._write(
-            "UPDATE versions SET state='queued' WHERE state='pinning'"
+            f"UPDATE versions SET state='queued' "
+            f"WHERE state='pinning' AND id NOT IN ({marks})",
+            tuple(keep),
         ).rowcount
 
     def queue_local_versions(self) -> int:

@@ -11,8 +11,9 @@ retried ``MAX_ATTEMPTS`` times before the version is marked ``failed``.
 
 A new file written front to back is uploaded while it is written
 (``uploads``): ``push_growing`` starts its ``add`` beside the worker, at most
-``GROWING_UPLOADS`` at once, and the version it ends in is pinned when the
-file is closed and the rest has arrived. Whatever goes wrong on that path
+``GROWING_UPLOADS`` at once, unpinned, and the version it ends in is pinned
+(``pin/add``) once the file is closed, the rest has arrived and the node's
+CID matches. Whatever goes wrong on that path
 (the stream changed, the node failed, the CIDs differ) puts the version back
 in the queue, so the worker's push stays the one that decides.
 
@@ -82,11 +83,20 @@ class PinQueue:
             try:
                 while True:
                     await self.drain()
+                    self._requeue_orphans()
                     await self.unpin_released()
                     await self._snapshot_if_due()
                     await self._sleep()
             finally:
                 self._nursery = None
+
+    def _requeue_orphans(self) -> None:
+        """A version ``pinning`` that no push is working on goes back in the
+        queue; it would otherwise wait for the next mount."""
+        working = [s.version_id for s in self._growing if s.version_id is not None]
+        if count := self.vault.index.requeue_interrupted(keep=working):
+            log.warning("%d versions were left half-pushed; queued again", count)
+            self.wake()
 
     def push_growing(self, path: Path) -> GrowingStream | None:
         """Start uploading the staging stream at ``path`` while it is written.
@@ -110,8 +120,29 @@ class PinQueue:
         return stream
 
     async def _upload_growing(self, stream: GrowingStream) -> None:
+        """Upload unpinned, and pin only a root that matches the local CID.
+
+        Unlike the worker's push, this ``add`` lasts as long as the writer
+        takes, and a pinning ``add`` holds Kubo's garbage collection off for
+        all that time. Pinning afterwards also keeps a root the node computed
+        differently from ever being pinned. A ``repo/gc`` meanwhile may take
+        blocks already sent; ``pin/add`` then fails and the worker pushes the
+        version again.
+        """
         try:
-            cid, _ = await self.client.add_reader(stream, pin=True)
+            cid, _ = await self.client.add_reader(stream, pin=False)
+            if stream.version_id is None:
+                return  # the node took an unfinished body for the whole file
+            if cid != stream.cid:
+                # The worker pushes it again and judges the mismatch.
+                self._requeue_growing(stream, f"node computed {cid}")
+                return
+            await self.client.pin_add(cid)
+        except (NodeUnreachableError, NodeTimeoutError) as err:
+            # No more uploads until the worker has reached the node again.
+            self._node_state(False, str(err))
+            self._requeue_growing(stream, str(err))
+            return
         except (UploadAbandonedError, RemoteError, OSError) as err:
             self._requeue_growing(stream, str(err))
             return
@@ -119,22 +150,7 @@ class PinQueue:
             stream.close()
             self._growing.discard(stream)
         self._node_state(True)
-        if stream.version_id is None:
-            # The node took a cut-off body for the whole file and pinned it.
-            await self._unpin_quietly(cid)
-            return
-        if cid != stream.cid:
-            # The worker pushes it again and judges the mismatch.
-            self._requeue_growing(stream, f"node computed {cid}")
-            return
         self._settle(stream.version_id, cid)
-
-    async def _unpin_quietly(self, cid: Cid) -> None:
-        log.debug("the node answered an unfinished upload with %s; unpinning", cid)
-        try:
-            await self.client.pin_rm(cid)
-        except RemoteError as err:
-            log.debug("unpinning %s failed: %s", cid, err)
 
     def _requeue_growing(self, stream: GrowingStream, reason: str) -> None:
         """Hand the version of a failed upload (if it got one) to the worker."""

@@ -60,8 +60,9 @@ class GrowingStream:
         return self._length is not None
 
     @property
-    def abandoned(self) -> bool:
-        return self._abandoned
+    def ended(self) -> bool:
+        """True once nothing reads the stream any more, or soon will not."""
+        return self._abandoned or self._fd < 0
 
     def advance(self, available: int) -> None:
         """The first ``available`` bytes of the stream are final."""
@@ -82,6 +83,7 @@ class GrowingStream:
         self._wake()
 
     def close(self) -> None:
+        """Called by the uploader when its request is over, however it went."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
