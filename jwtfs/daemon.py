@@ -41,8 +41,9 @@ from jwtfs.remote.kubo import KuboClient
 from jwtfs.vault.backup import Snapshots
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.index import Index
+from jwtfs.vault.layout import Paths
 from jwtfs.vault.pins import MAINTENANCE_SECONDS, UNREACHABLE_RETRY_SECONDS, PinQueue
-from jwtfs.vault.vault import Paths, Vault
+from jwtfs.vault.vault import Vault
 
 log = logging.getLogger(__name__)
 

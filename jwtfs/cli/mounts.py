@@ -27,7 +27,7 @@ from jwtfs.daemon import (
 )
 from jwtfs.errors import ConfigError
 from jwtfs.vault.backup import recover_index
-from jwtfs.vault.vault import prepare_directories
+from jwtfs.vault.layout import prepare_directories
 
 
 def mount(args: argparse.Namespace) -> int:

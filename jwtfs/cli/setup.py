@@ -21,7 +21,7 @@ from jwtfs.config import CONFIG_NAME, Config, config_dir, default_data_dir, load
 from jwtfs.crypto.keys import generate_master_key
 from jwtfs.crypto.signing import generate_signing_key, load_private_pem
 from jwtfs.errors import ConfigError
-from jwtfs.vault.vault import Paths, initialize
+from jwtfs.vault.layout import Paths, initialize
 
 
 def init(args: argparse.Namespace) -> int:

@@ -9,13 +9,13 @@ local. A node that cannot be reached leaves versions queued; the worker retries
 with backoff and never gives up on them. A node that answers with an error is
 retried ``MAX_ATTEMPTS`` times before the version is marked ``failed``.
 
-A new file written front to back is uploaded while it is written
+A new file written front to back can be uploaded while it is written
 (``uploads``): ``push_growing`` starts its ``add`` beside the worker, at most
-``GROWING_UPLOADS`` at once, unpinned, and the version it ends in is pinned
-(``pin/add``) once the file is closed, the rest has arrived and the node's
-CID matches. Whatever goes wrong on that path
-(the stream changed, the node failed, the CIDs differ) puts the version back
-in the queue, so the worker's push stays the one that decides.
+``GROWING_UPLOADS`` at once, unpinned; the version it ends in is pinned
+(``pin/add``) once the file is closed, the rest has arrived and the node's CID
+matches. Whatever goes wrong on that path (the stream changed, the node
+failed, the CIDs differ) puts the version back in the queue, so the worker's
+push stays the one that decides.
 
 Versions marked ``unpin`` (superseded past retention, or of deleted files) are
 unpinned and then forgotten. Once the queue is empty, an encrypted snapshot of
@@ -132,7 +132,9 @@ class PinQueue:
         try:
             cid, _ = await self.client.add_reader(stream, pin=False)
             if stream.version_id is None:
-                return  # the node took an unfinished body for the whole file
+                # Answered before the end was sent (a node stopping takes what
+                # it got for the whole file). Nothing was pinned.
+                return
             if cid != stream.cid:
                 # The worker pushes it again and judges the mismatch.
                 self._requeue_growing(stream, f"node computed {cid}")

@@ -13,9 +13,7 @@ import logging
 import os
 import stat
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from jwtfs.errors import FilesystemError, NotFoundError, StoreError, StoreFullEr
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.files import OpenFile
 from jwtfs.vault.index import ROOT_INODE, Index, InodeRow, VersionRow
+from jwtfs.vault.layout import Paths
 from jwtfs.vault.uploads import GrowingStream
 
 log = logging.getLogger(__name__)
@@ -42,15 +41,6 @@ RESERVE_MIN_BYTES = 2 * 1024 * 1024
 RESERVE_MAX_BYTES = 64 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where a vault keeps its index, store and staging area."""
-
-    index: Path
-    store: Path
-    staging: Path
 
 
 def _clamp_time(ns: int | None) -> int | None:
@@ -66,33 +56,6 @@ def check_name(name: bytes) -> None:
         raise FilesystemError(errno.ENAMETOOLONG, "name longer than 255 bytes")
     if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
         raise FilesystemError(errno.EINVAL, "invalid name")
-
-
-def prepare_directories(paths: Paths) -> None:
-    """Create the data directory, the store and the staging area (mode 0700)."""
-    for directory in (paths.index.parent, paths.store, paths.staging):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The daemon's lock file exists from the start, so a mount refused for a
-    # bad argument leaves the data directory exactly as it was.
-    (paths.index.parent / "lock").touch(mode=0o600)
-
-
-def initialize(paths: Paths, *, uid: int, gid: int, key_fingerprint: str) -> str:
-    """Create the data directories and an empty index; return the vault id.
-
-    Raises:
-        StoreError: the index could not be created.
-    """
-    prepare_directories(paths)
-    vault_id = str(uuid.uuid4())
-    index = Index(paths.index)
-    try:
-        index.create_schema(
-            uid=uid, gid=gid, vault_id=vault_id, key_fingerprint=key_fingerprint
-        )
-    finally:
-        index.close()
-    return vault_id
 
 
 class Vault:
