@@ -272,12 +272,19 @@ async def test_a_node_stopping_mid_upload_leaves_the_file_queued_until_it_return
     assert_quiet_log(vault, "IPFS node unreachable")
 
 
+@pytest.mark.parametrize(
+    "after_pause",
+    [2 * MIB, 0],
+    ids=["writes-more-after-the-pause", "closes-after-the-pause"],
+)
 async def test_a_writer_pausing_past_the_idle_limit_still_gets_its_file_pinned(
-    vault: VaultHarness, node: MeasuredNode
+    vault: VaultHarness, node: MeasuredNode, after_pause: int
 ) -> None:
     vault.mount()
     path = vault.mnt / "paused.bin"
-    data = random_bytes(6 * MIB, 13)
+    # Whole MiBs: nothing is left to write out at the close, so the commit
+    # alone must notice that the upload gave up.
+    data = random_bytes(4 * MIB + after_pause, 13)
     before_pins = await pins_of(node)
     before = node.stored_bytes()
 
