@@ -449,8 +449,11 @@ class Operations(pyfuse3.Operations):
         return await open_file.write(off, buf)
 
     async def flush(self, fh: int) -> None:
+        # Sent at every close of a descriptor, also a reader's while another
+        # process writes: only a handle that could write commits, so a reader
+        # does not cut a file being written into versions.
         handle = self._handle(fh)
-        if handle.writable or handle.open_file.changed:
+        if handle.writable:
             await self.vault.commit(handle.open_file, durable=False)
 
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -195,6 +195,29 @@ async def test_a_file_reaches_the_node_while_it_is_being_written(
     assert_quiet_log(vault)
 
 
+async def test_a_reader_closing_the_file_mid_write_leaves_one_version_pinned(
+    vault: VaultHarness, node: MeasuredNode
+) -> None:
+    vault.mount()
+    path = vault.mnt / "watched.bin"
+    data = random_bytes(16 * MIB, 15)
+    source = vault.root / "source.bin"
+    source.write_bytes(data)
+    before_pins = await pins_of(node)
+    before = node.stored_bytes()
+
+    with WriterProcess(source, path, pause_at=8 * MIB) as writer:
+        wait_node_grows(node, before, 4 * MIB)
+        with path.open("rb") as reader:
+            assert reader.read() == data[: 8 * MIB]
+        writer.finish()
+    wait_pinned(path)
+
+    assert path.read_bytes() == data
+    await assert_pinned_exactly(vault, node, "watched.bin", before_pins)
+    assert_quiet_log(vault)
+
+
 async def test_going_back_to_rewrite_ends_the_upload_and_pins_the_final_bytes(
     vault: VaultHarness, node: MeasuredNode
 ) -> None:
