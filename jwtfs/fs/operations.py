@@ -124,6 +124,11 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._lookups: dict[int, int] = {}
         self._entries: dict[int, set[tuple[int, bytes]]] = {}
+        # Set while nothing the kernel caches predates the current grants;
+        # replaced by an unset one from a change of grants until the kernel
+        # has dropped its entries and pages.
+        self._caches_clean = trio.Event()
+        self._caches_clean.set()
 
     # The gate
 
@@ -420,7 +425,16 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         accmode = flags & os.O_ACCMODE
         writing = accmode != os.O_RDONLY or bool(flags & os.O_TRUNC)
-        path = self._inode_path(inode, WRITE if writing else READ)
+        try:
+            path = self._inode_path(inode, WRITE if writing else READ)
+        except pyfuse3.FUSEError:
+            # Refused just after the grants changed: answer once the kernel
+            # has dropped the pages the old grants let in, so that no handle
+            # opened before still reads them after a new open was refused.
+            # The kernel holds no lock for an open that the dropping needs.
+            with trio.move_on_after(CACHE_TIMEOUT):
+                await self._caches_clean.wait()
+            raise
         row = self.vault.inode(inode)
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -578,14 +592,18 @@ class Operations(pyfuse3.Operations):
             if deadline is not None:
                 delay = max(0.0, min(delay, deadline - time.time()))
             await trio.sleep(delay)
+            self._caches_clean = trio.Event()
             try:
-                changed = self.tokens.refresh()
-            except Exception:
-                log.exception("re-reading tokens failed; keeping the previous grants")
-                continue
-            if changed:
-                log.info("tokens changed; dropping cached entries and pages")
-                await self.invalidate_kernel_caches()
+                try:
+                    changed = self.tokens.refresh()
+                except Exception:
+                    log.exception("re-reading tokens failed; keeping the grants")
+                    continue
+                if changed:
+                    log.info("tokens changed; dropping cached entries and pages")
+                    await self.invalidate_kernel_caches()
+            finally:
+                self._caches_clean.set()
 
     async def invalidate_kernel_caches(self) -> None:
         entries = [(p, n) for names in self._entries.values() for (p, n) in names]

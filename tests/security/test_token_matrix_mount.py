@@ -197,6 +197,40 @@ def test_replacing_the_jwks_file_takes_effect_without_a_remount(
         os.close(fd)
 
 
+# Revocation and the kernel's page cache race each other; enough rounds to
+# catch an order that holds only most of the time.
+REVOCATION_ROUNDS = 20
+
+
+def first_refusal(path: Path, seconds: float = SETTLE) -> bytes | int:
+    """Open ``path`` again and again, with no pause, until it is refused."""
+    deadline = time.monotonic() + seconds
+    outcome = read_outcome(path)
+    while outcome != errno.EACCES and time.monotonic() < deadline:
+        outcome = read_outcome(path)
+    return outcome
+
+
+def test_once_a_new_open_is_refused_an_old_handle_reads_nothing_cached(
+    mounted: VaultHarness,
+) -> None:
+    h, doc = mounted, mounted.mnt / "doc"
+    vault_key = (h.config_dir / "signing.key").read_bytes()
+    allowed = mount_token(h, vault_key)
+    revoked = mount_token(h, vault_key, scope="read:/elsewhere")
+    for _ in range(REVOCATION_ROUNDS):
+        h.set_token(allowed)
+        assert wait_for(lambda: read_outcome(doc), SECRET) == SECRET
+        fd = os.open(doc, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 100, 0) == SECRET
+            h.set_token(revoked)
+            assert first_refusal(doc) == errno.EACCES
+            assert pread_outcome(fd) == errno.EACCES
+        finally:
+            os.close(fd)
+
+
 def test_a_broken_jwks_file_keeps_the_previous_keys(mounted: VaultHarness) -> None:
     """Documented behaviour: a JWKS file that cannot be used changes nothing.
 
