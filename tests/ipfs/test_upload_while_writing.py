@@ -108,6 +108,21 @@ async def assert_pinned_exactly(
     return cid
 
 
+async def assert_ends_pinned(
+    harness: VaultHarness,
+    node: MeasuredNode,
+    path: Path,
+    data: bytes,
+    before: set[Cid],
+    *expected_log: str,
+) -> None:
+    """``path`` holds ``data``, gets pinned, exactly; the log stays quiet."""
+    wait_pinned(path)
+    assert path.read_bytes() == data
+    await assert_pinned_exactly(harness, node, path.name, before)
+    assert_quiet_log(harness, *expected_log)
+
+
 class WriterProcess:
     """A child that copies ``source`` to ``target``, pausing after ``pause_at``
     bytes until ``finish`` is called, with the file open all the while."""
@@ -188,11 +203,7 @@ async def test_a_file_reaches_the_node_while_it_is_being_written(
         f.flush()
         wait_node_grows(node, before, 8 * MIB)
         f.write(data[16 * MIB :])
-    wait_pinned(path)
-
-    assert path.read_bytes() == data
-    await assert_pinned_exactly(vault, node, "big.bin", before_pins)
-    assert_quiet_log(vault)
+    await assert_ends_pinned(vault, node, path, data, before_pins)
 
 
 async def test_a_reader_closing_the_file_mid_write_leaves_one_version_pinned(
@@ -211,11 +222,7 @@ async def test_a_reader_closing_the_file_mid_write_leaves_one_version_pinned(
         with path.open("rb") as reader:
             assert reader.read() == data[: 8 * MIB]
         writer.finish()
-    wait_pinned(path)
-
-    assert path.read_bytes() == data
-    await assert_pinned_exactly(vault, node, "watched.bin", before_pins)
-    assert_quiet_log(vault)
+    await assert_ends_pinned(vault, node, path, data, before_pins)
 
 
 async def test_going_back_to_rewrite_ends_the_upload_and_pins_the_final_bytes(
@@ -236,11 +243,7 @@ async def test_going_back_to_rewrite_ends_the_upload_and_pins_the_final_bytes(
         f.seek(8 * MIB)
         f.write(data[8 * MIB :])
     data[MIB : MIB + 9000] = b"rewritten" * 1000
-    wait_pinned(path)
-
-    assert path.read_bytes() == data
-    await assert_pinned_exactly(vault, node, "rewritten.bin", before_pins)
-    assert_quiet_log(vault)
+    await assert_ends_pinned(vault, node, path, data, before_pins)
 
 
 async def test_a_file_deleted_while_uploading_leaves_no_pin(
@@ -288,11 +291,9 @@ async def test_a_node_stopping_mid_upload_leaves_the_file_queued_until_it_return
     report = status_of(vault)
     assert report["backlog"]["files"] == 1
     node.start()
-    wait_pinned(path)
-
-    assert path.read_bytes() == data
-    await assert_pinned_exactly(vault, node, "interrupted.bin", before_pins)
-    assert_quiet_log(vault, "IPFS node unreachable")
+    await assert_ends_pinned(
+        vault, node, path, data, before_pins, "IPFS node unreachable"
+    )
 
 
 @pytest.mark.parametrize(
@@ -317,11 +318,7 @@ async def test_a_writer_pausing_past_the_idle_limit_still_gets_its_file_pinned(
         wait_node_grows(node, before, 2 * MIB)
         time.sleep(IDLE_SECONDS + 1.5)
         f.write(data[4 * MIB :])
-    wait_pinned(path)
-
-    assert path.read_bytes() == data
-    await assert_pinned_exactly(vault, node, "paused.bin", before_pins)
-    assert_quiet_log(vault)
+    await assert_ends_pinned(vault, node, path, data, before_pins)
 
 
 def test_upload_while_writing_is_off_for_a_node_on_loopback_unless_set(
