@@ -11,6 +11,7 @@ tested against a real node in ``tests/ipfs``).
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -54,7 +55,10 @@ class Built:
 def _facts(
     harness: VaultHarness,
 ) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
-    with _db(harness) as db:
+    # closing(): a connection's own "with" ends a transaction but leaves it
+    # open, and SQLite would delete the -wal and -shm files whenever the
+    # garbage collector closed it, perhaps while a test copies the vault.
+    with contextlib.closing(_db(harness)) as db:
         rows = db.execute(
             "SELECT d.name, d.inode, v.id, v.cid FROM dentries d "
             "JOIN inodes i ON i.id = d.inode LEFT JOIN versions v ON v.id = i.version"
