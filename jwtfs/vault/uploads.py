@@ -11,9 +11,10 @@ starting on it only then.
 The upload is an optimisation, never the only way a version reaches the node:
 it is ``abandon``-ed as soon as the writes stop being sequential (the front
 could change), when the file is deleted, or when nothing happens for
-``IDLE_SECONDS``; the version is then pushed by the pin queue as usual.
-Abandoning raises ``UploadAbandonedError`` inside the request, which aborts it;
-the node keeps no pin of an aborted ``add``.
+``IDLE_SECONDS``, and it ends when the node fails; the version is then pushed
+by the pin queue as usual. Abandoning raises ``UploadAbandonedError`` inside
+the request, which aborts it. The ``add`` does not pin: the pin queue pins the
+root once it matches the local CID, so an aborted upload leaves no pin.
 
 The stream is read through a descriptor of its own, so it stays readable when
 the commit moves the staging file into the block store.
@@ -54,10 +55,6 @@ class GrowingStream:
         self._changed = trio.Event()
         self.version_id: int | None = None
         self.cid: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self._length is not None
 
     @property
     def ended(self) -> bool:
