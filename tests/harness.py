@@ -217,3 +217,11 @@ class VaultHarness:
             for line in self.log_text().splitlines()
             if any(f" {level} " in line for level in levels)
         ]
+
+
+def new_vault(root: Path, api: str) -> VaultHarness:
+    """An initialised vault pinning to ``api``, with a token for everything."""
+    harness = VaultHarness(root)
+    harness.init(ipfs_api=api)
+    harness.set_token(harness.issue(read=("/**",), write=("/**",)))
+    return harness

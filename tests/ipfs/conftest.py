@@ -25,6 +25,8 @@ import pytest
 from jwtfs.blocks.cid import Cid
 from jwtfs.config import is_loopback_url
 from jwtfs.remote.kubo import KuboClient
+from tests.harness import VaultHarness, new_vault
+from tests.ipfs.fakes import PrivateNode
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "ipfs-node"
@@ -101,3 +103,24 @@ async def unpin_after(kubo: KuboClient) -> AsyncIterator[list[Cid]]:
     yield cids
     for cid in cids:
         await kubo.pin_rm(cid)
+
+
+@pytest.fixture
+def vault_on_node(tmp_path: Path, ipfs_api: str) -> Iterator[VaultHarness]:
+    """A vault pinning to the session node, not mounted yet."""
+    harness = new_vault(tmp_path, ipfs_api)
+    yield harness
+    harness.cleanup()
+
+
+@pytest.fixture(scope="module")
+def private_node(
+    tmp_path_factory: pytest.TempPathFactory, ipfs_api: str
+) -> Iterator[PrivateNode]:
+    """A node of the module's own; ``ipfs_api`` first, so the node is installed."""
+    node = PrivateNode(tmp_path_factory.mktemp("private-node"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,12 @@ import trio
 from jwtfs.blocks.cid import Cid
 from jwtfs.remote.kubo import KuboClient
 from tests.conftest import needs_fuse
-from tests.harness import VaultHarness
+from tests.harness import VaultHarness, new_vault
 from tests.ipfs.fakes import PrivateNode, SilentNode, closed_loopback_port
 from tests.ipfs.test_pinning import (
     MARGIN,
     SEGMENT,
     index_of,
-    new_vault,
     poll,
     random_bytes,
     status_of,
@@ -38,25 +36,6 @@ pytestmark = needs_fuse
 
 FETCH_TIMEOUT = 3
 RETENTION_WAIT = 40.0
-
-
-@pytest.fixture
-def vault_on_node(tmp_path: Path, ipfs_api: str) -> Iterator[VaultHarness]:
-    harness = new_vault(tmp_path, ipfs_api)
-    yield harness
-    harness.cleanup()
-
-
-@pytest.fixture(scope="module")
-def private_node(
-    tmp_path_factory: pytest.TempPathFactory, ipfs_api: str
-) -> Iterator[PrivateNode]:
-    node = PrivateNode(tmp_path_factory.mktemp("private-node"))
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
 
 
 def run(*argv: str) -> tuple[subprocess.CompletedProcess[str], float]:

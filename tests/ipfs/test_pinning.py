@@ -28,7 +28,7 @@ import pytest
 from jwtfs.blocks.cid import Cid
 from jwtfs.remote.kubo import KuboClient
 from tests.conftest import needs_fuse
-from tests.harness import VaultHarness
+from tests.harness import VaultHarness, new_vault
 from tests.ipfs.fakes import PrivateNode, SilentNode, TamperingProxy
 
 pytestmark = needs_fuse
@@ -88,34 +88,6 @@ def read_error(path: Path, offset: int = 0, length: int = 4096) -> tuple[int, fl
     finally:
         os.close(fd)
     raise AssertionError(f"read of {path} returned {len(data)} bytes, not an error")
-
-
-def new_vault(root: Path, api: str) -> VaultHarness:
-    harness = VaultHarness(root)
-    harness.init(ipfs_api=api)
-    harness.set_token(harness.issue(read=("/**",), write=("/**",)))
-    return harness
-
-
-@pytest.fixture
-def vault_on_node(tmp_path: Path, ipfs_api: str) -> Iterator[VaultHarness]:
-    """A vault pinning to the session node, not mounted yet."""
-    harness = new_vault(tmp_path, ipfs_api)
-    yield harness
-    harness.cleanup()
-
-
-@pytest.fixture(scope="module")
-def private_node(
-    tmp_path_factory: pytest.TempPathFactory, ipfs_api: str
-) -> Iterator[PrivateNode]:
-    """A node of this module's own; ``ipfs_api`` first, so the node is installed."""
-    node = PrivateNode(tmp_path_factory.mktemp("private-node"))
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture

@@ -21,13 +21,12 @@ import pytest
 from jwtfs.blocks.cid import RAW, Cid, cid_codec
 from jwtfs.remote.kubo import KuboClient
 from tests.conftest import needs_fuse
-from tests.harness import VaultHarness
+from tests.harness import VaultHarness, new_vault
 from tests.ipfs.fakes import PrivateNode
 from tests.ipfs.test_pinning import (
     MIB,
     assert_quiet_log,
     index_of,
-    new_vault,
     poll,
     random_bytes,
     status_of,
