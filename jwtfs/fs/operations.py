@@ -37,7 +37,7 @@ from jwtfs.auth.sources import TokenSource
 from jwtfs.errors import FilesystemError
 from jwtfs.fs.errors import guarded
 from jwtfs.vault.files import OpenFile
-from jwtfs.vault.index import ROOT_INODE, InodeRow
+from jwtfs.vault.schema import ROOT_INODE, InodeRow
 from jwtfs.vault.vault import Vault
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,8 @@ from jwtfs.blocks.unixfs import build_dag_from_file
 from jwtfs.config import Config
 from jwtfs.errors import ConfigError, NotFoundError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient
-from jwtfs.vault.index import ROOT_INODE, Dentry, Index, InodeRow, VersionRow
+from jwtfs.vault.index import Index
+from jwtfs.vault.schema import ROOT_INODE, Dentry, InodeRow, VersionRow
 
 Progress = Callable[[int, int], None]
 

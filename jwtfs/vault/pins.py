@@ -35,7 +35,7 @@ from jwtfs.blocks.cid import Cid
 from jwtfs.errors import NotFoundError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
 from jwtfs.vault.backup import Snapshots
-from jwtfs.vault.index import VersionRow
+from jwtfs.vault.schema import VersionRow
 from jwtfs.vault.uploads import GrowingStream, UploadAbandonedError
 from jwtfs.vault.vault import Vault
 

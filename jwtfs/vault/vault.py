@@ -28,8 +28,9 @@ from jwtfs.crypto.segments import FileCipher, Header, new_header
 from jwtfs.errors import FilesystemError, NotFoundError, StoreError, StoreFullError
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.files import OpenFile
-from jwtfs.vault.index import ROOT_INODE, Index, InodeRow, VersionRow
+from jwtfs.vault.index import Index
 from jwtfs.vault.layout import Paths
+from jwtfs.vault.schema import ROOT_INODE, InodeRow, VersionRow
 from jwtfs.vault.uploads import GrowingStream
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import pyfuse3
 from jwtfs import daemon
 from jwtfs.config import load_config
 from jwtfs.fs.operations import Operations
-from jwtfs.vault.index import InodeRow
+from jwtfs.vault.schema import InodeRow
 
 FAULT_MESSAGE = "injected fault in getattr"
 
