@@ -169,6 +169,46 @@ def test_truncate_shrink_grow_sparse(vault: VaultHarness) -> None:
     assert os.stat(p).st_size == 2 * S + 1
 
 
+def _read_uncached(fd: int, length: int, offset: int) -> bytes:
+    """pread past the kernel's page cache, so the daemon answers."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return os.pread(fd, length, offset)
+
+
+def test_sequential_reads_see_every_later_change(vault: VaultHarness) -> None:
+    p = vault.mnt / "ahead"
+    data = bytearray(os.urandom(40 * S + 123))
+    p.write_bytes(data)
+    vault.remount()
+    reader = os.open(p, os.O_RDONLY)
+    writer = os.open(p, os.O_WRONLY)
+    try:
+        # The first reads go to the disk and decrypt well past what they ask.
+        assert _read_uncached(reader, 2 * S, 0) == data[: 2 * S]
+        assert _read_uncached(reader, 2 * S, 2 * S) == data[2 * S : 4 * S]
+        # Enough new segments behind it that the daemon's write cache lets
+        # the changed segment go before it is read again.
+        rewrite = os.urandom(34 * S)
+        os.pwrite(writer, b"W" * 100, 5 * S + 10)
+        os.pwrite(writer, rewrite, 6 * S)
+        data[5 * S + 10 : 5 * S + 110] = b"W" * 100
+        data[6 * S : 40 * S] = rewrite
+        assert _read_uncached(reader, 2 * S, 4 * S) == data[4 * S : 6 * S]
+        assert _read_uncached(reader, 2 * S, 6 * S) == data[6 * S : 8 * S]
+        os.ftruncate(writer, 9 * S + 1)
+        os.ftruncate(writer, 12 * S)
+        del data[9 * S + 1 :]
+        data.extend(bytes(12 * S - len(data)))
+        assert _read_uncached(reader, 4 * S, 8 * S) == data[8 * S : 12 * S]
+        assert _read_uncached(reader, S, 12 * S) == b""
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert p.read_bytes() == data
+    vault.remount()
+    assert p.read_bytes() == data
+
+
 # Directories
 
 
