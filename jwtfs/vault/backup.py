@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from jwtfs.blocks.cid import Cid
+from jwtfs.blocks.unixfs import build_dag_from_file
 from jwtfs.crypto.keys import MasterKey
 from jwtfs.crypto.segments import (
     HEADER_SIZE,
@@ -31,7 +32,7 @@ from jwtfs.crypto.segments import (
     segment_offset,
     segment_stored_size,
 )
-from jwtfs.errors import IntegrityError, StoreError
+from jwtfs.errors import IntegrityError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.index import Index
@@ -78,6 +79,10 @@ def decrypt_file(key: MasterKey, stream: Path, target: Path) -> None:
             index += 1
 
 
+class SnapshotMismatchError(RemoteError):
+    """The node named another CID for a snapshot than the one computed here."""
+
+
 class Snapshots:
     """Takes snapshots of a live index when it has changed, at most once a minute."""
 
@@ -108,9 +113,14 @@ class Snapshots:
     async def take(self, workdir: Path) -> Cid:
         """Snapshot, encrypt, push and pin the index; return the snapshot's CID.
 
+        The node's CID must equal the one computed here; otherwise the
+        snapshot is not recorded and the one before it stays pinned, since a
+        node that names the wrong CID could name a file's.
+
         Raises:
             StoreError: the copy could not be made.
             RemoteError: the node did not take it.
+            SnapshotMismatchError: the node named another CID.
         """
         self._last = time.monotonic()
         changes = self.index.total_changes()
@@ -124,9 +134,16 @@ class Snapshots:
         finally:
             plain.unlink(missing_ok=True)
         try:
+            local = (await trio.to_thread.run_sync(build_dag_from_file, stream)).root
             cid, _ = await self.client.add_stream(stream, pin=True)
+        except OSError as err:
+            raise StoreError(f"index snapshot: {err.strerror}") from err
         finally:
             stream.unlink(missing_ok=True)
+        if cid != local:
+            raise SnapshotMismatchError(
+                f"the node computed {cid} for snapshot {local}; not recorded"
+            )
         previous = self.index.meta("snapshot_cid")
         before = self.index.total_changes()
         self.index.set_meta("snapshot_cid", str(cid))
@@ -134,7 +151,7 @@ class Snapshots:
         # Changes made after the copy was taken still count; recording the
         # snapshot itself does not.
         self._seen_changes = changes + (self.index.total_changes() - before)
-        if previous and previous != cid:
+        if previous and previous != cid and not self.index.cid_in_use(previous):
             await self.client.pin_rm(Cid(previous))
         log.info("index snapshot pinned as %s", cid)
         return cid

@@ -34,7 +34,7 @@ import trio
 from jwtfs.blocks.cid import Cid
 from jwtfs.errors import NotFoundError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
-from jwtfs.vault.backup import Snapshots
+from jwtfs.vault.backup import SnapshotMismatchError, Snapshots
 from jwtfs.vault.schema import VersionRow
 from jwtfs.vault.uploads import GrowingStream, UploadAbandonedError
 from jwtfs.vault.vault import Vault
@@ -173,6 +173,8 @@ class PinQueue:
             await self.snapshots.take(self.vault.paths.staging)
         except (NodeUnreachableError, NodeTimeoutError) as err:
             self._node_state(False, str(err))
+        except SnapshotMismatchError as err:
+            log.error("index snapshot: %s", err)
         except (RemoteError, StoreError) as err:
             log.warning("index snapshot failed: %s", err)
 
@@ -269,6 +271,11 @@ class PinQueue:
         for version in self.vault.index.versions_to_unpin():
             if version.id in uploading:
                 # Its add may still pin it; unpinned once that has ended.
+                continue
+            if self.vault.index.cid_in_use(version.cid):
+                # Another version has the same stream (a file emptied again
+                # has its first, empty version's CID): it needs the pin.
+                self.vault.forget_version(version)
                 continue
             try:
                 await self.client.pin_rm(Cid(version.cid))

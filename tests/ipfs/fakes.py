@@ -116,8 +116,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         finally:
             upstream.close()
         command = urlsplit(self.path).path
-        if self.server.wrong_add_cid and command.endswith("/add") and status == 200:
-            content = bytearray(_with_wrong_hash(bytes(content)))
+        lie = self.server.add_cid
+        if lie is not None and command.endswith("/add") and status == 200:
+            content = bytearray(_with_hash(bytes(content), lie))
             self.server.tampered += 1
         elif command.endswith("/block/get") and status == 200 and content:
             content[len(content) // 2] ^= 0x01
@@ -150,10 +151,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 class _ProxyServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, upstream_port: int, *, wrong_add_cid: bool) -> None:
+    def __init__(self, upstream_port: int, *, add_cid: str | None) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream_port = upstream_port
-        self.wrong_add_cid = wrong_add_cid
+        self.add_cid = add_cid
         self.tampered = 0
 
 
@@ -161,12 +162,12 @@ class _ProxyServer(http.server.ThreadingHTTPServer):
 WRONG_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
 
-def _with_wrong_hash(answer: bytes) -> bytes:
+def _with_hash(answer: bytes, cid: str) -> bytes:
     lines = []
     for line in answer.splitlines():
         entry = json.loads(line)
         if "Hash" in entry:
-            entry["Hash"] = WRONG_CID
+            entry["Hash"] = cid
         lines.append(json.dumps(entry).encode())
     return b"\n".join(lines) + b"\n"
 
@@ -174,6 +175,8 @@ def _with_wrong_hash(answer: bytes) -> bytes:
 class TamperingProxy:
     """Forwards to the node at ``upstream`` and damages every block it returns,
     or, with ``wrong_add_cid``, names a wrong CID in every ``add`` answer.
+    Setting ``add_cid`` names that CID in every ``add`` answer from then on
+    (None: the node's own answers again).
 
     ``tampered`` counts the answers changed, so a test can show the damaged
     path was taken.
@@ -181,7 +184,7 @@ class TamperingProxy:
 
     def __init__(self, upstream: str, *, wrong_add_cid: bool = False) -> None:
         self._server = _ProxyServer(
-            loopback_port(upstream), wrong_add_cid=wrong_add_cid
+            loopback_port(upstream), add_cid=WRONG_CID if wrong_add_cid else None
         )
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -189,6 +192,14 @@ class TamperingProxy:
     @property
     def tampered(self) -> int:
         return self._server.tampered
+
+    @property
+    def add_cid(self) -> str | None:
+        return self._server.add_cid
+
+    @add_cid.setter
+    def add_cid(self, cid: str | None) -> None:
+        self._server.add_cid = cid
 
     def __enter__(self) -> Self:
         self._thread.start()

@@ -261,3 +261,41 @@ async def test_case_24_superseded_versions_are_unpinned_after_retention(
             assert time.monotonic() - started < RETENTION_WAIT, f"left {pinned}"
             await trio.sleep(0.5)
         path.unlink(missing_ok=True)
+
+
+async def test_a_file_emptied_again_keeps_the_pin_its_first_version_shared(
+    vault_on_node: VaultHarness, kubo: KuboClient, unpin_after: list[Cid]
+) -> None:
+    harness = vault_on_node
+    harness.set_config("retention", "keep_versions", 0)
+    # Long enough that the first version is still kept when the third, with
+    # the same stream, is pinned.
+    harness.set_config("retention", "keep_for", 4)
+    harness.mount()
+    path = harness.mnt / "e"
+    path.write_bytes(b"")
+    harness.wait_pinned()
+    empty = Cid(index_of(harness)["/e"]["cid"])
+    path.write_bytes(b"some content\n")
+    harness.wait_pinned()
+    middle = Cid(index_of(harness)["/e"]["cid"])
+    os.truncate(path, 0)
+    harness.wait_pinned()
+    # The file's empty stream has the same bytes, so the same CID, as before.
+    assert Cid(index_of(harness)["/e"]["cid"]) == empty
+    unpin_after.extend([empty, middle])
+
+    started = time.monotonic()
+    while await kubo.pin_ls(middle):
+        assert time.monotonic() - started < RETENTION_WAIT, "never unpinned"
+        await trio.sleep(0.5)
+    await trio.sleep(1)
+    (harness.mnt / "later").write_bytes(b"a change runs retention again\n")
+    harness.wait_pinned()
+    assert await kubo.pin_ls(empty) == {empty}
+    await kubo.repo_gc()
+    harness.umount()
+    harness.drop_local_cache()
+    harness.mount()
+    assert path.read_bytes() == b""
+    assert index_of(harness)["/e"]["state"] == "pinned"
