@@ -443,16 +443,20 @@ class Index:
     # The pin queue
 
     def next_pin_work(self, now_ns: int) -> VersionRow | None:
-        """The oldest queued version whose retry time has come."""
+        """The oldest version to push whose retry time has come: queued ones
+        first, then failed ones that are retried."""
         row = self._one(
             f"SELECT {VERSION_COLUMNS} FROM versions "
-            "WHERE state='queued' AND next_try_ns <= ? ORDER BY id LIMIT 1",
+            "WHERE state IN ('queued', 'failed') AND next_try_ns <= ? "
+            "ORDER BY state = 'failed', id LIMIT 1",
             (now_ns,),
         )
         return None if row is None else VersionRow(*row)
 
     def next_retry_ns(self) -> int | None:
-        row = self._one("SELECT min(next_try_ns) FROM versions WHERE state='queued'")
+        row = self._one(
+            "SELECT min(next_try_ns) FROM versions WHERE state IN ('queued', 'failed')"
+        )
         return None if row[0] is None else int(row[0])
 
     def set_pin_state(
@@ -475,7 +479,10 @@ class Index:
         )
 
     def reset_retry_times(self) -> None:
-        self._write("UPDATE versions SET next_try_ns=0 WHERE state='queued'")
+        """Make every queued and failed version due now."""
+        self._write(
+            "UPDATE versions SET next_try_ns=0 WHERE state IN ('queued', 'failed')"
+        )
 
     def versions_to_unpin(self) -> list[VersionRow]:
         rows = self._all(

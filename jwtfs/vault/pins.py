@@ -5,9 +5,12 @@ survives restarts. One worker pushes one stream at a time with Kubo's ``add``
 (``pin=true``, so the content is pinned as it arrives and a concurrent
 ``repo/gc`` cannot take it), then compares the CID the node computed with the
 one computed locally: a mismatch marks the version ``failed`` and keeps it
-local. A node that cannot be reached leaves versions queued; the worker retries
-with backoff and never gives up on them. A node that answers with an error is
-retried ``MAX_ATTEMPTS`` times before the version is marked ``failed``.
+local, and only ``jwtfs flush`` tries it again. A node that cannot be reached
+leaves versions queued; the worker retries with backoff and never gives up on
+them. Nor on a node that answers with errors (a proxy's 502 while Kubo
+restarts): after ``MAX_ATTEMPTS`` such answers the version shows as
+``failed`` with the reason, and is still retried, at most
+``MAX_BACKOFF_SECONDS`` apart.
 
 A new file written front to back can be uploaded while it is written
 (``uploads``): ``push_growing`` starts its ``add`` beside the worker, at most
@@ -35,13 +38,13 @@ from jwtfs.blocks.cid import Cid
 from jwtfs.errors import NotFoundError, RemoteError, StoreError
 from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
 from jwtfs.vault.backup import SnapshotMismatchError, Snapshots
-from jwtfs.vault.schema import VersionRow
+from jwtfs.vault.schema import NEVER_NS, VersionRow
 from jwtfs.vault.uploads import GrowingStream, UploadAbandonedError
 from jwtfs.vault.vault import Vault
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 3
 # A node that is down is probed this often at most; errors back off to this.
 UNREACHABLE_RETRY_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 300.0
@@ -204,8 +207,7 @@ class PinQueue:
         try:
             path = self.vault.store.stream_path(Cid(version.cid))
         except NotFoundError:
-            index.set_pin_state(version.id, "failed", reason="stream missing locally")
-            log.error("pin failed: stream %s is missing locally", version.cid)
+            self._fail(version, "stream missing locally")
             return True
         index.set_pin_state(version.id, "pinning")
         try:
@@ -223,12 +225,7 @@ class PinQueue:
         if cid != version.cid:
             current = index.get_version(version.id)
             if current is not None and current.state != "unpin":
-                index.set_pin_state(version.id, "failed", reason=f"node computed {cid}")
-                log.error(
-                    "pin failed: the node computed CID %s for stream %s; kept locally",
-                    cid,
-                    version.cid,
-                )
+                self._fail(version, f"node computed {cid}")
             return True
         self._settle(version.id, cid)
         return True
@@ -243,23 +240,47 @@ class PinQueue:
         self.vault.index.set_pin_state(version_id, "pinned")
         log.debug("pinned %s", cid)
 
-    def _give_up_or_retry(self, version: VersionRow, reason: str) -> None:
-        attempts = version.attempts + 1
-        if attempts >= MAX_ATTEMPTS:
-            self.vault.index.set_pin_state(
-                version.id, "failed", reason=reason, attempts=attempts
-            )
-            log.error(
-                "pin failed: %s after %d attempts: %s", version.cid, attempts, reason
-            )
-            return
-        backoff = min(MAX_BACKOFF_SECONDS, 2.0**attempts)
-        log.info(
-            "pushing %s failed (%s); retry in %.0f s", version.cid, reason, backoff
+    def _fail(self, version: VersionRow, reason: str) -> None:
+        """Mark a version failed for a reason another try cannot change by
+        itself; ``jwtfs flush`` tries again. Logged once per new reason."""
+        self.vault.index.set_pin_state(
+            version.id, "failed", reason=reason, next_try_ns=NEVER_NS
         )
+        if version.state == "failed" and version.reason == reason:
+            log.debug("pin of %s failed again: %s", version.cid, reason)
+        elif reason.startswith("node computed"):
+            log.error(
+                "pin failed: the node computed CID %s for stream %s; kept locally",
+                reason.removeprefix("node computed "),
+                version.cid,
+            )
+        else:
+            log.error("pin failed: %s: %s; kept locally", version.cid, reason)
+
+    def _give_up_or_retry(self, version: VersionRow, reason: str) -> None:
+        """Back off after an error answer; past ``MAX_ATTEMPTS`` show the
+        version as failed, but keep trying."""
+        attempts = version.attempts + 1
+        backoff = min(MAX_BACKOFF_SECONDS, 2.0**attempts)
+        state = "failed" if attempts >= MAX_ATTEMPTS else "queued"
+        if attempts == MAX_ATTEMPTS:
+            log.error(
+                "pin failed: %s after %d attempts: %s; kept locally, retried "
+                "at most every %.0f s",
+                version.cid,
+                attempts,
+                reason,
+                MAX_BACKOFF_SECONDS,
+            )
+        elif attempts < MAX_ATTEMPTS:
+            log.info(
+                "pushing %s failed (%s); retry in %.0f s", version.cid, reason, backoff
+            )
+        else:
+            log.debug("pushing %s failed again: %s", version.cid, reason)
         self.vault.index.set_pin_state(
             version.id,
-            "queued",
+            state,
             reason=reason,
             attempts=attempts,
             next_try_ns=time.time_ns() + int(backoff * 1e9),

@@ -41,9 +41,12 @@ Schema, table by table:
     state         where the stream is: ``local`` (embedded store only, no
                   node configured), ``queued`` (waiting for the pin queue),
                   ``pinning`` (being pushed), ``pinned`` (the node holds and
-                  pins it), ``failed`` (given up; ``reason`` says why).
+                  pins it), ``failed`` (pushes keep failing or the node
+                  named another CID; ``reason`` says why).
     reason        why the last push failed, else NULL.
-    attempts      pushes tried so far; next_try_ns: not before this time.
+    attempts      pushes tried so far; next_try_ns: not before this time
+                  (``NEVER_NS`` for a failed version that only ``jwtfs flush``
+                  retries).
     local         1 while the stream is in the embedded store, 0 once evicted.
     used_ns       when the stream was last opened, for eviction by age.
 
@@ -58,6 +61,8 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 ROOT_INODE = 1
+# ``next_try_ns`` of a version that is retried only when asked to.
+NEVER_NS = 2**63 - 1
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -2,7 +2,8 @@
 
 ``SilentNode`` accepts connections and never answers. ``TamperingProxy``
 forwards every request to a real node and flips one byte in each answer to
-``block/get``. ``PrivateNode`` is a real node of the tests' own, started with
+``block/get``, or names wrong CIDs for ``add``, or answers it with errors.
+``PrivateNode`` is a real node of the tests' own, started with
 ``scripts/ipfs-node`` like the session node but in its own state folder, so a
 test can stop and start it without disturbing the others.
 
@@ -104,6 +105,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._body()
+        if self.server.fail_adds and urlsplit(self.path).path.endswith("/add"):
+            self._fail()
+            return
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port)
         try:
             headers = {
@@ -117,6 +121,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             upstream.close()
         command = urlsplit(self.path).path
         lie = self.server.add_cid
+        if command.endswith("/add") and status == 200:
+            self.server.added.extend(_hashes(bytes(content)))
         if lie is not None and command.endswith("/add") and status == 200:
             content = bytearray(_with_hash(bytes(content), lie))
             self.server.tampered += 1
@@ -130,6 +136,18 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(content)))
         self.end_headers()
         self.wfile.write(content)
+
+    def _fail(self) -> None:
+        """Answer as a node with a full disk does, without forwarding."""
+        answer = json.dumps(
+            {"Message": "no space left on device", "Code": 0, "Type": "error"}
+        ).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+        self.server.tampered += 1
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -155,11 +173,17 @@ class _ProxyServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream_port = upstream_port
         self.add_cid = add_cid
+        self.fail_adds = False
+        self.added: list[str] = []
         self.tampered = 0
 
 
 # Answered for every add when the proxy lies about CIDs: the empty raw block.
 WRONG_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def _hashes(answer: bytes) -> list[str]:
+    return [json.loads(line).get("Hash", "") for line in answer.splitlines()]
 
 
 def _with_hash(answer: bytes, cid: str) -> bytes:
@@ -176,7 +200,8 @@ class TamperingProxy:
     """Forwards to the node at ``upstream`` and damages every block it returns,
     or, with ``wrong_add_cid``, names a wrong CID in every ``add`` answer.
     Setting ``add_cid`` names that CID in every ``add`` answer from then on
-    (None: the node's own answers again).
+    (None: the node's own answers again); setting ``fail_adds`` answers every
+    ``add`` with an error, as a node whose disk is full, until it is unset.
 
     ``tampered`` counts the answers changed, so a test can show the damaged
     path was taken.
@@ -200,6 +225,19 @@ class TamperingProxy:
     @add_cid.setter
     def add_cid(self, cid: str | None) -> None:
         self._server.add_cid = cid
+
+    @property
+    def added(self) -> list[str]:
+        """The CIDs the node itself named for every ``add`` that went through."""
+        return self._server.added
+
+    @property
+    def fail_adds(self) -> bool:
+        return self._server.fail_adds
+
+    @fail_adds.setter
+    def fail_adds(self, fail: bool) -> None:
+        self._server.fail_adds = fail
 
     def __enter__(self) -> Self:
         self._thread.start()

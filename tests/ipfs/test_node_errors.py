@@ -1,0 +1,78 @@
+"""A node that answers with errors or names wrong CIDs: no version is given up.
+
+The node here is the real test node behind ``TamperingProxy``, a tampering
+transport standing in for a node whose disk is full or that chunks
+differently, faults the real node cannot be made to show on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from jwtfs.blocks.cid import Cid
+from jwtfs.remote.kubo import KuboClient
+from tests.harness import VaultHarness
+from tests.ipfs.fakes import WRONG_CID, TamperingProxy
+from tests.ipfs.test_pinning import index_of, poll, status_of
+
+pytestmark = pytest.mark.log_ok
+
+
+def _mounted_behind(proxy: TamperingProxy, h: VaultHarness) -> None:
+    h.set_config("ipfs", "api", proxy.url)
+    h.set_token(h.issue(read=("/**",), write=("/**",)))
+    h.mount()
+
+
+def _state(h: VaultHarness, path: str) -> str:
+    return str(index_of(h)[path]["state"])
+
+
+async def test_error_answers_show_failed_then_pin_once_the_node_recovers(
+    ipfs_api: str, fresh_vault: VaultHarness, kubo: KuboClient, unpin_after: list[Cid]
+) -> None:
+    h = fresh_vault
+    with TamperingProxy(ipfs_api) as proxy:
+        proxy.fail_adds = True
+        _mounted_behind(proxy, h)
+        (h.mnt / "f.txt").write_bytes(b"waits for a node with room\n")
+        poll("the version shows failed", lambda: _state(h, "/f.txt") == "failed", 30)
+        (failed,) = status_of(h)["failed"]
+        assert "no space left on device" in failed["reason"]
+
+        # No flush, no remount: the retry comes by itself.
+        proxy.fail_adds = False
+        poll("pinned after the recovery", lambda: _state(h, "/f.txt") == "pinned", 30)
+        h.umount()
+    cid = Cid(index_of(h)["/f.txt"]["cid"])
+    unpin_after.append(cid)
+    assert await kubo.pin_ls(cid) == {cid}
+    errors = h.log_lines("ERROR")
+    assert len([line for line in errors if str(cid) in line]) == 1, errors
+
+
+async def test_flush_retries_a_version_the_node_named_wrongly(
+    ipfs_api: str, fresh_vault: VaultHarness, kubo: KuboClient, unpin_after: list[Cid]
+) -> None:
+    h = fresh_vault
+    with TamperingProxy(ipfs_api, wrong_add_cid=True) as proxy:
+        _mounted_behind(proxy, h)
+        (h.mnt / "f.txt").write_bytes(b"pushed again when asked\n")
+        poll("the version shows failed", lambda: _state(h, "/f.txt") == "failed", 30)
+        cid = index_of(h)["/f.txt"]["cid"]
+        # Not retried by itself: the node would name the wrong CID again.
+        time.sleep(3)
+        assert proxy.added.count(cid) == 1
+
+        proxy.add_cid = None
+        h.wait_pinned()
+        assert _state(h, "/f.txt") == "pinned"
+        h.umount()
+    unpin_after.append(Cid(cid))
+    assert await kubo.pin_ls(Cid(cid)) == {Cid(cid)}
+    report = json.loads(h.jwtfs("status", "--json").stdout)
+    assert report["failed"] == []
+    assert WRONG_CID not in {str(c) for c in await kubo.pin_ls()}
