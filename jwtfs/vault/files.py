@@ -222,7 +222,9 @@ class OpenFile:
                 offset = segment_offset(self.segment_size, i)
                 fetched[i] = await remote.read(cid, offset, stored_size)
             except IntegrityError:
-                self.vault.report_integrity_failure(self.inode, self.base_cid, i)
+                self.vault.report_integrity_failure(
+                    self.inode, self.base_cid, i, from_node=True
+                )
                 raise
         return fetched
 

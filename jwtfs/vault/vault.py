@@ -680,18 +680,28 @@ class Vault:
         return self.paths.staging / f"{inode}.{next(self._staging_names)}"
 
     def report_integrity_failure(
-        self, inode: int, cid: str | None, segment: int
+        self, inode: int, cid: str | None, segment: int, *, from_node: bool = False
     ) -> None:
-        """Log one ERROR line per damaged segment, however often it is read."""
+        """Log one ERROR line per damaged segment, however often it is read.
+
+        ``from_node``: the segment came from the node in a block that did not
+        match its CID, so the node or the way to it is at fault, not the disk.
+        """
         if (cid, segment) in self._reported:
             return
         self._reported.add((cid, segment))
+        what = (
+            "came from the node in a block that does not match its CID"
+            if from_node
+            else "failed authentication"
+        )
         log.error(
-            "integrity failure: stream %s of inode %d, segment %d failed "
-            "authentication; reads of that range give EIO",
+            "integrity failure: stream %s of inode %d, segment %d %s; "
+            "reads of that range give EIO",
             cid,
             inode,
             segment,
+            what,
         )
 
     # Whole-vault facts

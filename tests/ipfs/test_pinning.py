@@ -454,7 +454,9 @@ async def test_tampered_blocks_from_the_node_give_eio_never_wrong_plaintext(
     for name, data in files.items():
         assert (harness.mnt / name).read_bytes() == data
     for cid in cids.values():
-        assert [line for line in errors if cid in line] != [], errors
+        lines = [line for line in errors if cid in line]
+        assert lines != [], errors
+        assert all("does not match its CID" in line for line in lines), lines
 
 
 # Export
