@@ -57,6 +57,8 @@ READ, WRITE = "read", "write"
 CID_XATTR = b"user.jwtfs.cid"
 PIN_XATTR = b"user.jwtfs.pin"
 VIRTUAL_XATTRS = (CID_XATTR, PIN_XATTR)
+# Kept for attributes jwtfs answers itself, now and later: none can be set.
+RESERVED_XATTRS = b"user.jwtfs"
 
 
 @dataclass
@@ -548,7 +550,7 @@ class Operations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._inode_path(inode, WRITE)
-        if name in VIRTUAL_XATTRS:
+        if name == RESERVED_XATTRS or name.startswith(RESERVED_XATTRS + b"."):
             raise pyfuse3.FUSEError(errno.EPERM)
         if name.startswith(b"system.posix_acl_"):
             # No ACLs: EOPNOTSUPP makes cp -a and rsync fall back to chmod,

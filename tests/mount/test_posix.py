@@ -484,6 +484,20 @@ def test_xattrs(vault: VaultHarness) -> None:
     assert os.listxattr(p) == ["user.a"]
 
 
+def test_the_jwtfs_xattr_namespace_is_read_only(vault: VaultHarness) -> None:
+    p = vault.mnt / "f"
+    p.write_text("x")
+    assert os.getxattr(p, "user.jwtfs.pin") == b"local"
+    cid = os.getxattr(p, "user.jwtfs.cid")
+    for name in ("user.jwtfs.cid", "user.jwtfs.pin", "user.jwtfs.note", "user.jwtfs"):
+        assert _errno_of(os.setxattr, p, name, b"v") == errno.EPERM, name
+    for name in ("user.jwtfs.cid", "user.jwtfs.pin"):
+        assert _errno_of(os.removexattr, p, name) == errno.EPERM, name
+    os.setxattr(p, "user.jwtfsnote", b"ok")
+    assert os.listxattr(p) == ["user.jwtfsnote"]
+    assert os.getxattr(p, "user.jwtfs.cid") == cid
+
+
 def test_xattr_create_replace_flags(vault: VaultHarness) -> None:
     p = vault.mnt / "f"
     p.write_text("x")
