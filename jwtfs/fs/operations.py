@@ -468,8 +468,11 @@ class Operations(pyfuse3.Operations):
         # Sent at every close of a descriptor, also a reader's while another
         # process writes: only a handle that could write commits, so a reader
         # does not cut a file being written into versions.
+        # A new file still empty waits for its release: a shell's ``> f``
+        # closes a duplicate of the descriptor before writing, and committing
+        # there would pin an empty version of every file it creates.
         handle = self._handle(fh)
-        if handle.writable:
+        if handle.writable and not handle.open_file.empty_and_new:
             await self.vault.commit(handle.open_file, durable=False)
 
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -121,6 +121,11 @@ class OpenFile:
         self._ahead: dict[int, bytearray] = {}
         self._next_read = 0
 
+    @property
+    def empty_and_new(self) -> bool:
+        """Empty, and never committed: nothing a commit could lose."""
+        return self.size == 0 and self.base_cid is None
+
     # Reading
 
     async def read(self, offset: int, length: int) -> bytes:

@@ -6,10 +6,12 @@ remount, since the index, not the kernel's caches, must hold the truth.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
 import os
+import sqlite3
 import stat
 import subprocess
 import time
@@ -121,6 +123,17 @@ def test_create_read_write_seek(vault: VaultHarness) -> None:
     assert _errno_of(os.open, vault.mnt / "missing", os.O_RDONLY) == errno.ENOENT
     vault.remount()
     assert p.read_bytes() == expected
+
+
+def test_a_shell_redirect_commits_one_version(vault: VaultHarness) -> None:
+    script = 'echo hi > "$1/new"; : > "$1/empty"; exec 3> "$1/fd3"; echo x >&3'
+    subprocess.run(["bash", "-c", script, "bash", str(vault.mnt)], check=True)
+    with contextlib.closing(sqlite3.connect(vault.data_dir / "index.sqlite3")) as db:
+        sizes = sorted(size for (size,) in db.execute("SELECT size FROM versions"))
+    assert sizes == [0, 2, 3]
+    assert (vault.mnt / "new").read_bytes() == b"hi\n"
+    assert (vault.mnt / "empty").read_bytes() == b""
+    assert (vault.mnt / "fd3").read_bytes() == b"x\n"
 
 
 def test_o_append(vault: VaultHarness) -> None:
