@@ -71,7 +71,7 @@ _MAX_BLOCK_GET = 4 * 1024 * 1024
 # pin/ls answers with one JSON object holding every pin: about 100 bytes each.
 _MAX_JSON_LINE = 64 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
-_MAX_MESSAGE_CHARS = 500
+_MAX_MESSAGE_CHARS = 200
 _UPLOAD_CHUNK = 1024 * 1024
 # Sent rather than left to the node's default, which Kubo's Import config can
 # change; the local CID is computed with this chunker.
@@ -640,6 +640,11 @@ def _error_message(body: bytes) -> str:
 
 
 def _clip(text: str) -> str:
+    """The node's words made safe for one log line: control characters
+    escaped, so a message cannot forge lines or move a terminal's cursor, and
+    cut short."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if len(text) <= _MAX_MESSAGE_CHARS:
         return text
     return text[:_MAX_MESSAGE_CHARS] + "..."

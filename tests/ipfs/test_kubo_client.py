@@ -265,6 +265,33 @@ async def test_error_status_carries_the_node_message(
     assert caught.value.node_message in str(caught.value)
 
 
+class ForgingTransport(httpx.AsyncBaseTransport):
+    """Fault injection: every answer is an error whose message tries to forge
+    log lines and terminal escapes, as a hostile node or proxy could."""
+
+    MESSAGE = "disk full\n2026-01-01 ERROR forged line\x1b[31m\r" * 50
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"Message": self.MESSAGE, "Type": "error"})
+
+
+@pytest.mark.parametrize("body", ["json", "text"])
+async def test_a_node_message_cannot_forge_log_lines(body: str) -> None:
+    class Transport(ForgingTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if body == "json":
+                return await super().handle_async_request(request)
+            return httpx.Response(502, content=self.MESSAGE.encode())
+
+    async with KuboClient("http://127.0.0.1:9", transport=Transport()) as client:
+        with pytest.raises(NodeResponseError) as caught:
+            await client.version()
+    text = str(caught.value)
+    assert "disk full" in text
+    assert text.isprintable(), repr(text)
+    assert len(text) < 400
+
+
 async def test_unreachable_node_fails_fast() -> None:
     url = f"http://127.0.0.1:{closed_loopback_port()}"
     async with KuboClient(url, timeout=10.0) as client:
