@@ -7,6 +7,7 @@ the daemon reports the mount ready (``jwtfs mount`` waits for that itself).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -217,6 +218,40 @@ class VaultHarness:
             for line in self.log_text().splitlines()
             if any(f" {level} " in line for level in levels)
         ]
+
+
+def tree_state(*roots: Path) -> dict[str, tuple[int, str]]:
+    """Mode and SHA-256 of every file under ``roots``, to show nothing changed."""
+    state = {}
+    for root in roots:
+        for dirpath, _, filenames in os.walk(root):
+            for name in filenames:
+                p = Path(dirpath) / name
+                state[str(p)] = (
+                    os.stat(p).st_mode,
+                    hashlib.sha256(p.read_bytes()).hexdigest(),
+                )
+    return state
+
+
+def one_line_error(
+    result: subprocess.CompletedProcess[str], *names: str, fix: bool = True
+) -> str:
+    """Check a user's mistake was refused: exit 2, one line naming ``names``.
+
+    With ``fix``, the line also says how to fix it, after a "; ".
+    """
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("jwtfs: ")
+    for name in names:
+        assert name in line, line
+    if fix:
+        _, sep, how = line.partition("; ")
+        assert sep and how, f"no fix named: {line}"
+    return line
 
 
 def new_vault(root: Path, api: str) -> VaultHarness:
