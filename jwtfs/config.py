@@ -10,12 +10,15 @@ Layout (XDG base directories):
     $XDG_RUNTIME_DIR/jwtfs/                one file per running mount
 
 Every problem is a ``ConfigError`` whose message names the file, the key and
-the fix, so the CLI can print it as one line and exit 2.
+the fix, so the CLI can print it as one line and exit 2. A table or key not
+in ``KEYS`` is such a problem too: a misspelt setting must not fall back to
+its default unnoticed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -29,6 +32,32 @@ from jwtfs.errors import ConfigError
 CONFIG_NAME = "config.toml"
 DEFAULT_LEEWAY_SECONDS = 30
 DEFAULT_IPFS_API = "http://127.0.0.1:5001"
+
+# Every table of config.toml and its keys; anything else is refused.
+KEYS: dict[str, tuple[str, ...]] = {
+    "vault": ("data_dir", "master_key"),
+    "auth": (
+        "audience",
+        "hmac_secret",
+        "issuer",
+        "issuers",
+        "jwks",
+        "keys",
+        "leeway",
+        "revocations",
+        "signing_key",
+    ),
+    "ipfs": (
+        "api",
+        "authorization",
+        "fetch_timeout",
+        "timeout",
+        "upload_while_writing",
+    ),
+    "retention": ("keep_for", "keep_versions"),
+    "cache": ("max_size",),
+    "backup": ("interval",),
+}
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -176,19 +205,30 @@ class _Table:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: [{name}] must be a table")
         self.path, self.name, self.data = path, name, data
+        known = KEYS[name]
+        for key in data:
+            if key not in known:
+                raise ConfigError(
+                    f"{path}: unknown key {name}.{_quoted(key)} "
+                    f"(known: {', '.join(known)})"
+                )
 
     def _fail(self, key: str, what: str) -> ConfigError:
         return ConfigError(f"{self.path}: {self.name}.{key} {what}")
 
+    def _get(self, key: str, default: Any) -> Any:
+        assert key in KEYS[self.name], f"{self.name}.{key} is missing from KEYS"
+        return self.data.get(key, default)
+
     def string(self, key: str, default: str | None = None) -> str | None:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if value is not None and not isinstance(value, str):
             raise self._fail(key, "must be a string")
         return value
 
     def switch(self, key: str) -> bool | None:
         """A setting of true, false or "auto" (None); absent means auto."""
-        value = self.data.get(key, "auto")
+        value = self._get(key, "auto")
         if value == "auto":
             return None
         if not isinstance(value, bool):
@@ -196,19 +236,19 @@ class _Table:
         return value
 
     def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self._fail(key, f"must be an integer >= {minimum}")
         return value
 
     def number(self, key: str, default: float) -> float:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise self._fail(key, "must be a number of seconds > 0")
         return float(value)
 
     def duration(self, key: str, default: int) -> int:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if isinstance(value, bool):
             raise self._fail(key, "must be seconds or a duration like 10m, 8h, 30d")
         if isinstance(value, int) and value >= 0:
@@ -220,7 +260,7 @@ class _Table:
         raise self._fail(key, "must be seconds or a duration like 10m, 8h, 30d")
 
     def size(self, key: str, default: int) -> int:
-        value = self.data.get(key, default)
+        value = self._get(key, default)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         if isinstance(value, str):
@@ -230,7 +270,7 @@ class _Table:
         raise self._fail(key, "must be bytes or a size like 500M, 20G")
 
     def strings(self, key: str) -> tuple[str, ...]:
-        value = self.data.get(key, [])
+        value = self._get(key, [])
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -300,6 +340,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
         ConfigError: a key is missing or has a bad value.
     """
     base = path.parent
+    _check_tables(path, raw)
     vault = _Table(path, "vault", raw.get("vault", {}))
     auth = _Table(path, "auth", raw.get("auth", {}))
     ipfs = _Table(path, "ipfs", raw.get("ipfs", {}))
@@ -358,6 +399,25 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
             interval=backup.duration("interval", BackupConfig.interval)
         ),
     )
+
+
+def _check_tables(path: Path, raw: dict[str, Any]) -> None:
+    known = ", ".join(sorted(KEYS))
+    for name, value in raw.items():
+        if name in KEYS:
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: unknown table [{_quoted(name)}] (known: {known})"
+            )
+        raise ConfigError(
+            f"{path}: unknown key {_quoted(name)} (known tables: {known})"
+        )
+
+
+def _quoted(key: str) -> str:
+    """A key as TOML writes it, quoted unless bare, so a message stays one line."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def with_environment(config: Config, *, ipfs_api: str | None = None) -> Config:

@@ -1,0 +1,91 @@
+"""A mistake in config.toml, through the real ``jwtfs`` command.
+
+Every command that reads the config refuses a bad one with exit code 2 and
+one line naming the file and the key, and changes nothing: no file of the
+vault, no mount.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.harness import VaultHarness, one_line_error, tree_state
+
+
+def commands(h: VaultHarness) -> list[tuple[str, ...]]:
+    """Every command that reads config.toml, with arguments that would work."""
+    token = str(h.token_file)
+    return [
+        ("mount", str(h.mnt), "--token-file", token),
+        ("index",),
+        ("status",),
+        ("flush",),
+        ("fsck", "--no-repair"),
+        ("export", "--car", "/f"),
+        ("token", "issue", "--read", "/**"),
+        ("token", "inspect", token),
+        ("key", "export"),
+        ("key", "wrap"),
+    ]
+
+
+def refused_everywhere(
+    h: VaultHarness, *names: str, fix: bool = False, env: dict[str, str] | None = None
+) -> None:
+    before = tree_state(h.config_dir, h.data_dir)
+    for args in commands(h):
+        result = h.jwtfs(*args, check=False, env=env, input="")
+        one_line_error(result, *names, fix=fix)
+        assert result.stdout == "", args
+        assert not os.path.ismount(h.mnt), args
+        assert tree_state(h.config_dir, h.data_dir) == before, args
+
+
+@pytest.fixture
+def vault_with_token(fresh_vault: VaultHarness) -> VaultHarness:
+    fresh_vault.set_token(fresh_vault.issue(read=("/**",), write=("/**",)))
+    return fresh_vault
+
+
+def test_a_misspelt_key_is_refused_by_every_command(
+    vault_with_token: VaultHarness,
+) -> None:
+    h = vault_with_token
+    h.set_config("ipfs", "fetch_timout", 5)
+    refused_everywhere(h, str(h.config_dir / "config.toml"), "ipfs.fetch_timout")
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "named"),
+    [
+        ("cache", "max_bytes", "unknown key cache.max_bytes (known: max_size)"),
+        ("chache", "max_size", "unknown table [chache]"),
+        ("vault", "datadir", "unknown key vault.datadir"),
+        ("auth", "leway", "unknown key auth.leway"),
+        ("retention", "keep", "unknown key retention.keep"),
+        ("backup", "every", "unknown key backup.every"),
+    ],
+)
+def test_an_unknown_table_or_key_stops_the_mount(
+    vault_with_token: VaultHarness, table: str, key: str, named: str
+) -> None:
+    h = vault_with_token
+    h.set_config(table, key, 1)
+    before = tree_state(h.config_dir, h.data_dir)
+    result = h.jwtfs(
+        "mount", str(h.mnt), "--token-file", str(h.token_file), check=False
+    )
+    line = one_line_error(result, fix=False)
+    assert line.startswith(f"jwtfs: {h.config_dir / 'config.toml'}: {named}")
+    assert not os.path.ismount(h.mnt)
+    assert tree_state(h.config_dir, h.data_dir) == before
+
+
+def test_the_config_init_writes_is_accepted(vault_with_token: VaultHarness) -> None:
+    h = vault_with_token
+    h.mount()
+    (h.mnt / "f").write_text("kept\n")
+    h.umount()
+    assert "/f" in h.jwtfs("index").stdout
