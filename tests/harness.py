@@ -73,14 +73,19 @@ class VaultHarness:
         self.jwtfs("init")
         self.set_config("ipfs", "api", ipfs_api or "")
 
-    def set_config(self, table: str, key: str, value: str | int | bool) -> None:
-        """Set one key of config.toml (the file jwtfs init wrote)."""
+    def set_config(
+        self, table: str, key: str, value: str | int | bool, *, raw: bool = False
+    ) -> None:
+        """Set one key of config.toml (the file jwtfs init wrote).
+
+        With ``raw``, ``value`` is written as it is, as TOML text.
+        """
         path = self.config_dir / "config.toml"
         lines = path.read_text().splitlines()
         if isinstance(value, bool):
             rendered = f"{key} = {'true' if value else 'false'}"
-        elif isinstance(value, int):
-            rendered = f"{key} = {value!r}"
+        elif raw or isinstance(value, int):
+            rendered = f"{key} = {value}"
         else:
             rendered = f'{key} = "{value}"'
         start = lines.index(f"[{table}]") if f"[{table}]" in lines else None

@@ -8,6 +8,7 @@ vault, no mount.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,111 @@ def test_the_config_init_writes_is_accepted(vault_with_token: VaultHarness) -> N
     (h.mnt / "f").write_text("kept\n")
     h.umount()
     assert "/f" in h.jwtfs("index").stdout
+
+
+def test_a_bad_ipfs_api_is_refused_by_every_command(
+    vault_with_token: VaultHarness,
+) -> None:
+    h = vault_with_token
+    h.set_config("ipfs", "api", "http://127.0.0.1:99999")
+    config = str(h.config_dir / "config.toml")
+    refused_everywhere(h, config, "ipfs.api", "port '99999'", fix=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("api", '"not a url"'),
+        ("api", '"ftp://127.0.0.1:5001"'),
+        ("api", '"http://127.0.0.1:notaport"'),
+        ("api", '"garbage"'),
+        ("timeout", "inf"),
+        ("timeout", "1e400"),
+        ("timeout", "nan"),
+        ("timeout", "0"),
+        ("fetch_timeout", "inf"),
+        ("fetch_timeout", "1e400"),
+        ("fetch_timeout", "nan"),
+        ("fetch_timeout", "-1"),
+        ("authorization", '"Bearer \\u00e9"'),
+    ],
+)
+def test_a_bad_ipfs_setting_stops_the_mount(
+    vault_with_token: VaultHarness, key: str, value: str
+) -> None:
+    h = vault_with_token
+    h.set_config("ipfs", key, value, raw=True)
+    before = tree_state(h.config_dir, h.data_dir)
+    result = h.jwtfs(
+        "mount", str(h.mnt), "--token-file", str(h.token_file), check=False
+    )
+    line = one_line_error(result, fix=key == "api")
+    assert line.startswith(f"jwtfs: {h.config_dir / 'config.toml'}: ipfs.{key} ")
+    assert not os.path.ismount(h.mnt)
+    assert tree_state(h.config_dir, h.data_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("auth", "leeway", "1e400"),
+        ("auth", "leeway", "100000"),
+        ("retention", "keep_for", '"999999999999w"'),
+        ("retention", "keep_versions", "-1"),
+        ("backup", "interval", "inf"),
+        ("backup", "interval", "1" + "0" * 30),
+        ("cache", "max_size", "nan"),
+    ],
+)
+def test_a_bad_number_elsewhere_stops_the_mount(
+    vault_with_token: VaultHarness, table: str, key: str, value: str
+) -> None:
+    h = vault_with_token
+    h.set_config(table, key, value, raw=True)
+    result = h.jwtfs(
+        "mount", str(h.mnt), "--token-file", str(h.token_file), check=False
+    )
+    line = one_line_error(result, fix=False)
+    assert line.startswith(f"jwtfs: {h.config_dir / 'config.toml'}: {table}.{key} ")
+    assert not os.path.ismount(h.mnt)
+
+
+def test_a_bad_ipfs_api_variable_is_refused_by_commands_that_use_it(
+    vault_with_token: VaultHarness,
+) -> None:
+    h = vault_with_token
+    before = tree_state(h.config_dir, h.data_dir)
+    for args in [
+        ("mount", str(h.mnt), "--token-file", str(h.token_file)),
+        ("status",),
+        ("flush",),
+        ("fsck", "--no-repair"),
+        ("recover", "bafkqaaa"),
+    ]:
+        for url in ("garbage", "http://127.0.0.1:99999", "http://[::1]:0"):
+            result = h.jwtfs(*args, check=False, env={"IPFS_API": url})
+            line = one_line_error(result)
+            assert line.startswith("jwtfs: IPFS_API "), args
+            assert not os.path.ismount(h.mnt)
+    assert tree_state(h.config_dir, h.data_dir) == before
+
+
+def test_a_bad_ipfs_api_option_is_refused_before_mounting(
+    vault_with_token: VaultHarness,
+) -> None:
+    h = vault_with_token
+    before = tree_state(h.config_dir, h.data_dir)
+    for url in ("garbage", "ftp://127.0.0.1:5001", "http://127.0.0.1:notaport"):
+        for args in [
+            ("mount", str(h.mnt), "--token-file", str(h.token_file)),
+            ("mount", str(h.mnt), "--foreground", "--token-file", str(h.token_file)),
+            ("recover", "bafkqaaa"),
+        ]:
+            result = h.jwtfs(*args, "--ipfs-api", url, check=False)
+            line = one_line_error(result)
+            assert line.startswith("jwtfs: --ipfs-api "), args
+            assert not os.path.ismount(h.mnt)
+            assert str(h.mnt) not in Path("/proc/mounts").read_text()
+    assert tree_state(h.config_dir, h.data_dir) == before
+    h.mount()
+    assert os.listdir(h.mnt) == []
