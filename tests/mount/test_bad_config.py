@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import VaultHarness, one_line_error, tree_state
+from tests.ipfs.fakes import closed_loopback_port
 
 
 def commands(h: VaultHarness) -> list[tuple[str, ...]]:
@@ -198,3 +199,14 @@ def test_a_bad_ipfs_api_option_is_refused_before_mounting(
     assert tree_state(h.config_dir, h.data_dir) == before
     h.mount()
     assert os.listdir(h.mnt) == []
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "soon"])
+def test_flush_refuses_a_timeout_that_is_not_finite_seconds(
+    vault_with_token: VaultHarness, timeout: str
+) -> None:
+    h = vault_with_token
+    h.set_config("ipfs", "api", f"http://127.0.0.1:{closed_loopback_port()}")
+    result = h.jwtfs("flush", "--wait", "--timeout", timeout, check=False, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "argument --timeout: must be a number of seconds >= 0" in result.stderr
