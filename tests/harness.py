@@ -160,10 +160,15 @@ class VaultHarness:
         for record in self.runtime.glob("jwtfs/mount-*.json"):
             record.unlink()
 
+    def attached(self) -> bool:
+        """Whether the kernel lists the mount, a dead one too (ismount misses it)."""
+        with open("/proc/self/mounts") as mounts:
+            return any(line.split()[1] == str(self.mnt) for line in mounts)
+
     def cleanup(self) -> None:
-        if os.path.ismount(self.mnt):
+        if os.path.ismount(self.mnt) or self.attached():
             result = self.jwtfs("umount", str(self.mnt), check=False)
-            if result.returncode != 0 or os.path.ismount(self.mnt):
+            if result.returncode != 0 or self.attached():
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
 
     def log_text(self) -> str:
