@@ -1,16 +1,21 @@
-"""A mistake in config.toml, through the real ``jwtfs`` command.
+"""config.toml through the real ``jwtfs`` command.
 
 Every command that reads the config refuses a bad one with exit code 2 and
 one line naming the file and the key, and changes nothing: no file of the
-vault, no mount.
+vault, no mount. What ``jwtfs init`` writes, commented-out defaults included,
+is accepted.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
+from jwtfs.config import KEYS, parse_config
 from tests.harness import VaultHarness, one_line_error, tree_state
 from tests.ipfs.fakes import closed_loopback_port
 
@@ -208,3 +213,35 @@ def test_flush_refuses_a_timeout_that_is_not_finite_seconds(
     result = h.jwtfs("flush", "--wait", "--timeout", timeout, check=False, timeout=30)
     assert result.returncode == 2, result.stderr
     assert "argument --timeout: must be a number of seconds >= 0" in result.stderr
+
+
+def test_init_writes_every_setting_and_its_defaults_hold(tmp_path: Path) -> None:
+    h = VaultHarness(tmp_path)
+    h.jwtfs("init")
+    path = h.config_dir / "config.toml"
+    text = path.read_text()
+    assert 'api = "http://127.0.0.1:5001"' in text
+    # No command here may reach the default node: it is not the test's.
+    h.set_config("ipfs", "api", "none")
+    text = path.read_text()
+    written = parse_config(path, tomllib.loads(text))
+
+    for table, keys in KEYS.items():
+        assert f"[{table}]" in text
+        for key in keys:
+            assert re.search(rf"^(# )?{key} = ", text, re.M), f"{table}.{key}"
+
+    # The commented-out values outside [auth] are the defaults, except the
+    # example of a credential.
+    table = ""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("["):
+            table = line
+        example = table == "[auth]" or line.startswith("# authorization")
+        if re.match(r"# \w+ = ", line) and not example:
+            line = line.removeprefix("# ")
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    assert parse_config(path, tomllib.loads(path.read_text())) == written
+    assert h.jwtfs("index").returncode == 0
