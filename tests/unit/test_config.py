@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from jwtfs.config import (
+    KEYS,
     Config,
     IpfsConfig,
     is_loopback_url,
@@ -387,3 +389,20 @@ def test_authorization_from_the_environment_is_checked(
     assert str(caught.value) == (
         "IPFS_API_AUTHORIZATION must be printable ASCII, as an HTTP header is"
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+# `ipfs.api`, `auth.jwks = "keys.json"`, `[cache] max_size`
+DOCUMENTED_KEY = re.compile(
+    r"`\[?(vault|auth|ipfs|retention|cache|backup)(?:\] +|\.)([a-z_]+)\b"
+)
+
+
+def test_the_documented_keys_are_the_known_keys() -> None:
+    readme = (REPO / "README.md").read_text()
+    docs = [readme] + [p.read_text() for p in sorted((REPO / "docs").glob("*.md"))]
+    documented = {m.groups() for text in docs for m in DOCUMENTED_KEY.finditer(text)}
+    known = {(table, key) for table, keys in KEYS.items() for key in keys}
+    assert documented - known == set()
+    in_readme = {m.groups() for m in DOCUMENTED_KEY.finditer(readme)}
+    assert known - in_readme == set()
