@@ -196,13 +196,19 @@ def _record_path(mountpoint: Path) -> Path:
 
 def _write_record(request: MountRequest) -> Path:
     path = _record_path(request.mountpoint)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     record = {
         "pid": os.getpid(),
         "mountpoint": str(request.mountpoint),
         "data_dir": str(request.config.data_dir),
     }
-    path.write_text(json.dumps(record))
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    except OSError as err:
+        raise ConfigError(
+            f"{path}: cannot record the mount ({err.strerror}); make "
+            f"{path.parent} a writable directory or set XDG_RUNTIME_DIR"
+        ) from err
     return path
 
 
@@ -360,7 +366,14 @@ def _notify_systemd(message: str) -> None:
 
 
 def serve(request: MountRequest, ready_fd: int | None) -> int:
-    """Mount and serve until unmounted or signalled; return the exit code."""
+    """Mount and serve until unmounted or signalled; return the exit code.
+
+    Raises:
+        ConfigError: the node's settings are unusable (before mounting), or the
+            mount's record cannot be written (after, and then it is unmounted).
+        JwtfsError: anything else that stops the daemon; the mount is detached
+            before it goes on, so no dead mount stays behind.
+    """
     # A parent that had these blocked passes the mask on; unmount needs them.
     signal.pthread_sigmask(
         signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
@@ -369,24 +382,42 @@ def serve(request: MountRequest, ready_fd: int | None) -> int:
     key = request.key
     verifier = Verifier(config.auth)
     tokens = TokenSource(verifier, request.token_file, request.env_token)
+    # Made before mounting, so a node setting the client refuses leaves
+    # nothing attached.
+    client = pin_client(config)
     with vault_lock(config):
         vault = Vault(
             vault_paths(config), key, retention=config.retention, cache=config.cache
         )
         try:
             operations = Operations(vault, tokens)
-            session.mount(
-                operations, request.mountpoint, allow_other=request.allow_other
-            )
-            record = _write_record(request)
-            try:
-                trio.run(_main, request, operations, ready_fd)
-            finally:
-                record.unlink(missing_ok=True)
+            _serve_mounted(request, operations, client, ready_fd)
         finally:
             vault.close()
     log.info("unmounted %s", request.mountpoint)
     return 0
+
+
+def _serve_mounted(
+    request: MountRequest,
+    operations: Operations,
+    client: KuboClient | None,
+    ready_fd: int | None,
+) -> None:
+    session.mount(operations, request.mountpoint, allow_other=request.allow_other)
+    ended = False
+    record: Path | None = None
+    try:
+        record = _write_record(request)
+        ended = trio.run(_main, request, operations, client, ready_fd)
+    finally:
+        # Unless the kernel ended the session (someone unmounted), detach the
+        # mount here: after a signal, and after any failure, even one before
+        # the mount was ready, which would otherwise leave a mount whose every
+        # access fails with ENOTCONN and which blocks the next mount.
+        session.close(unmount=not ended)
+        if record is not None:
+            record.unlink(missing_ok=True)
 
 
 def pin_client(config: Config) -> KuboClient | None:
@@ -400,27 +431,16 @@ def pin_client(config: Config) -> KuboClient | None:
 
 
 async def _main(
-    request: MountRequest, operations: Operations, ready_fd: int | None
-) -> None:
+    request: MountRequest,
+    operations: Operations,
+    client: KuboClient | None,
+    ready_fd: int | None,
+) -> bool:
+    """Serve until unmounted or signalled; return whether the kernel ended it."""
     vault = operations.vault
-    client = pin_client(request.config)
-    queue = None
-    if client is not None:
-        vault.remote = RemoteReader(client, timeout=request.config.ipfs.fetch_timeout)
-        snapshots = Snapshots(
-            vault.index, vault.key, client, interval=request.config.backup.interval
-        )
-        queue = PinQueue(vault, client, snapshots)
-        vault.on_new_version = queue.wake
-        if request.config.ipfs.uploads_while_writing():
-            vault.push_growing = queue.push_growing
-        log.info(
-            "mounted %s; pinning to %s", request.mountpoint, request.config.ipfs.api
-        )
-    else:
-        log.info("mounted %s; no IPFS node configured", request.mountpoint)
-    unmounted = False
+    ended = False
     try:
+        queue = _start_pinning(request, vault, client)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(operations.watch_tokens)
             nursery.start_soon(_on_signals, nursery.cancel_scope, queue)
@@ -431,15 +451,36 @@ async def _main(
             if queue is not None:
                 nursery.start_soon(queue.run)
             await session.serve()
-            unmounted = True
+            ended = True
             nursery.cancel_scope.cancel()
     finally:
         _notify_systemd("STOPPING=1")
         with trio.CancelScope(shield=True):
-            await vault.commit_all()
-            if client is not None:
-                await client.aclose()
-        session.close(unmount=not unmounted)
+            try:
+                await vault.commit_all()
+            finally:
+                if client is not None:
+                    await client.aclose()
+    return ended
+
+
+def _start_pinning(
+    request: MountRequest, vault: Vault, client: KuboClient | None
+) -> PinQueue | None:
+    config = request.config
+    if client is None:
+        log.info("mounted %s; no IPFS node configured", request.mountpoint)
+        return None
+    vault.remote = RemoteReader(client, timeout=config.ipfs.fetch_timeout)
+    snapshots = Snapshots(
+        vault.index, vault.key, client, interval=config.backup.interval
+    )
+    queue = PinQueue(vault, client, snapshots)
+    vault.on_new_version = queue.wake
+    if config.ipfs.uploads_while_writing():
+        vault.push_growing = queue.push_growing
+    log.info("mounted %s; pinning to %s", request.mountpoint, config.ipfs.api)
+    return queue
 
 
 async def _maintain(vault: Vault) -> None:
@@ -475,7 +516,10 @@ async def _on_signals(scope: trio.CancelScope, queue: PinQueue | None) -> None:
 
 
 async def _announce_ready(mountpoint: Path, ready_fd: int | None) -> None:
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    # The stat waits for the mount to answer; should serving fail first, it
+    # would wait until the unmount that comes only after this task ends, so
+    # a cancellation abandons it.
+    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     _notify_systemd("READY=1\nSTATUS=serving")
     if ready_fd is not None:
         os.write(ready_fd, READY)

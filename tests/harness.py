@@ -7,6 +7,7 @@ the daemon reports the mount ready (``jwtfs mount`` waits for that itself).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -72,14 +73,19 @@ class VaultHarness:
         self.jwtfs("init")
         self.set_config("ipfs", "api", ipfs_api or "")
 
-    def set_config(self, table: str, key: str, value: str | int | bool) -> None:
-        """Set one key of config.toml (the file jwtfs init wrote)."""
+    def set_config(
+        self, table: str, key: str, value: str | int | bool, *, raw: bool = False
+    ) -> None:
+        """Set one key of config.toml (the file jwtfs init wrote).
+
+        With ``raw``, ``value`` is written as it is, as TOML text.
+        """
         path = self.config_dir / "config.toml"
         lines = path.read_text().splitlines()
         if isinstance(value, bool):
             rendered = f"{key} = {'true' if value else 'false'}"
-        elif isinstance(value, int):
-            rendered = f"{key} = {value!r}"
+        elif raw or isinstance(value, int):
+            rendered = f"{key} = {value}"
         else:
             rendered = f'{key} = "{value}"'
         start = lines.index(f"[{table}]") if f"[{table}]" in lines else None
@@ -154,10 +160,15 @@ class VaultHarness:
         for record in self.runtime.glob("jwtfs/mount-*.json"):
             record.unlink()
 
+    def attached(self) -> bool:
+        """Whether the kernel lists the mount, a dead one too (ismount misses it)."""
+        with open("/proc/self/mounts") as mounts:
+            return any(line.split()[1] == str(self.mnt) for line in mounts)
+
     def cleanup(self) -> None:
-        if os.path.ismount(self.mnt):
+        if os.path.ismount(self.mnt) or self.attached():
             result = self.jwtfs("umount", str(self.mnt), check=False)
-            if result.returncode != 0 or os.path.ismount(self.mnt):
+            if result.returncode != 0 or self.attached():
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
 
     def log_text(self) -> str:
@@ -217,6 +228,40 @@ class VaultHarness:
             for line in self.log_text().splitlines()
             if any(f" {level} " in line for level in levels)
         ]
+
+
+def tree_state(*roots: Path) -> dict[str, tuple[int, str]]:
+    """Mode and SHA-256 of every file under ``roots``, to show nothing changed."""
+    state = {}
+    for root in roots:
+        for dirpath, _, filenames in os.walk(root):
+            for name in filenames:
+                p = Path(dirpath) / name
+                state[str(p)] = (
+                    os.stat(p).st_mode,
+                    hashlib.sha256(p.read_bytes()).hexdigest(),
+                )
+    return state
+
+
+def one_line_error(
+    result: subprocess.CompletedProcess[str], *names: str, fix: bool = True
+) -> str:
+    """Check a user's mistake was refused: exit 2, one line naming ``names``.
+
+    With ``fix``, the line also says how to fix it, after a "; ".
+    """
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("jwtfs: ")
+    for name in names:
+        assert name in line, line
+    if fix:
+        _, sep, how = line.partition("; ")
+        assert sep and how, f"no fix named: {line}"
+    return line
 
 
 def new_vault(root: Path, api: str) -> VaultHarness:

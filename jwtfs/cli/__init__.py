@@ -7,6 +7,7 @@ arguments, config, key or token file), each reported as one line on stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,17 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0; NaN and infinity fail the comparison."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0: {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="return once nothing is queued"
     )
     p_flush.add_argument(
-        "--timeout", type=float, default=0, help="give up after seconds"
+        "--timeout",
+        type=_seconds,
+        default=0,
+        help="give up after seconds (0: never)",
     )
     p_flush.add_argument("mountpoint", nargs="?", type=Path)
     p_flush.set_defaults(func=flush)

@@ -68,7 +68,8 @@ def _remove_vault(directory: Path, data_dir: Path) -> None:
 
 def _config_text(vault_id: str, data_dir: Path) -> str:
     return f"""\
-# jwtfs vault settings. Paths are relative to this directory.
+# jwtfs vault settings. Paths are relative to this directory. A commented-out
+# setting shows its default or an example; a key jwtfs does not know is refused.
 
 [vault]
 data_dir = {json.dumps(str(data_dir))}
@@ -77,17 +78,44 @@ master_key = "master.key"
 [auth]
 # Tokens must name this audience in their "aud" claim.
 audience = "jwtfs:{vault_id}"
-# Public keys that verify tokens (PEM, DER or OpenSSH); or jwks = "keys.json".
+# Public keys that verify tokens (PEM, DER or OpenSSH), and/or a JWKS file;
+# or, instead of both, a secret for HS256.
 keys = ["signing.pub"]
-# The private key 'jwtfs token issue' signs with.
+# jwks = "keys.json"
+# hmac_secret = "hmac.key"
+# The private key 'jwtfs token issue' signs with, and the "iss" it sets.
 signing_key = "signing.key"
-# Seconds of clock skew allowed for exp, nbf and iat.
+# issuer = "https://issuer.example"
+# When set, tokens must carry one of these in "iss".
+# issuers = ["https://issuer.example"]
+# Seconds of clock skew allowed for exp, nbf and iat (0 to 86400).
 leeway = 30
 # A file of revoked token ids (jti), one per line.
 # revocations = "revoked.txt"
 
 [ipfs]
+# The node to pin to: http(s)://HOST:PORT, or "none" for no node.
 api = "http://127.0.0.1:5001"
+# The Authorization header the node's API.Authorizations expects.
+# authorization = "Basic ..."
+# Seconds a request to the node may take, and a read of evicted content.
+# timeout = 60
+# fetch_timeout = 30
+# Upload a file while it is written front to back: true, false or "auto".
+# upload_while_writing = "auto"
+
+[retention]
+# Superseded versions of a file kept pinned, and for how long at least.
+# keep_versions = 1
+# keep_for = "10m"
+
+[cache]
+# Local copies of pinned content beyond this size may be evicted (0: never).
+# max_size = 0
+
+[backup]
+# An index snapshot is pinned at most this often, after changes.
+# interval = "1m"
 """
 
 

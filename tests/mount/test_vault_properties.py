@@ -6,7 +6,6 @@ errors for bad input.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import secrets
@@ -23,7 +22,7 @@ from jwtfs.auth.issuing import issue_token
 from jwtfs.blocks.unixfs import build_dag_from_file
 from jwtfs.crypto.segments import DEFAULT_SEGMENT_SIZE as S
 from jwtfs.crypto.signing import load_private_pem
-from tests.harness import VaultHarness
+from tests.harness import VaultHarness, one_line_error, tree_state
 
 HEADER_SIZE = 32
 SEGMENT_OVERHEAD = 28
@@ -371,45 +370,17 @@ def test_kill9_keeps_closed_and_synced_files(vault: VaultHarness) -> None:
 # (f) bad input
 
 
-def _tree_state(*roots: Path) -> dict[str, tuple[int, str]]:
-    state = {}
-    for root in roots:
-        for dirpath, _, filenames in os.walk(root):
-            for name in filenames:
-                p = Path(dirpath) / name
-                state[str(p)] = (
-                    os.stat(p).st_mode,
-                    hashlib.sha256(p.read_bytes()).hexdigest(),
-                )
-    return state
-
-
-def _one_line_error(result: object, *names: str, fix: bool = True) -> str:
-    assert hasattr(result, "returncode") and hasattr(result, "stderr")
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, lines
-    line = str(lines[0])
-    assert line.startswith("jwtfs: ")
-    for name in names:
-        assert name in line
-    if fix:
-        _, sep, how = line.partition("; ")
-        assert sep and how, f"no fix named: {line}"
-    return line
-
-
 def test_bad_input_mount(fresh_vault: VaultHarness, tmp_path: Path) -> None:
     vault = fresh_vault
     vault.set_token(vault.issue(read=("/**",)))
-    before = _tree_state(vault.config_dir, vault.data_dir)
+    before = tree_state(vault.config_dir, vault.data_dir)
 
     def refused(*args: str, name: str, mnt: Path | None = None) -> None:
         mnt = mnt or vault.mnt
         result = vault.jwtfs("mount", str(mnt), *args, check=False)
-        _one_line_error(result, name)
+        one_line_error(result, name)
         assert not os.path.ismount(mnt)
-        assert _tree_state(vault.config_dir, vault.data_dir) == before
+        assert tree_state(vault.config_dir, vault.data_dir) == before
 
     missing = tmp_path / "no-such.jwt"
     refused("--token-file", str(missing), name=str(missing))
@@ -422,11 +393,11 @@ def test_bad_input_mount(fresh_vault: VaultHarness, tmp_path: Path) -> None:
 
     key = vault.config_dir / "master.key"
     key.chmod(0o644)
-    before = _tree_state(vault.config_dir, vault.data_dir)
+    before = tree_state(vault.config_dir, vault.data_dir)
     refused("--token-file", str(vault.token_file), name=str(key))
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o644
     key.chmod(0o600)
-    before = _tree_state(vault.config_dir, vault.data_dir)
+    before = tree_state(vault.config_dir, vault.data_dir)
 
     nowhere = tmp_path / "nowhere"
     refused("--token-file", str(vault.token_file), name=str(nowhere), mnt=nowhere)
@@ -442,14 +413,14 @@ def test_bad_input_mount(fresh_vault: VaultHarness, tmp_path: Path) -> None:
 
 def test_bad_input_mount_twice(vault: VaultHarness) -> None:
     (vault.mnt / "f").write_text("kept\n")
-    config = _tree_state(vault.config_dir)
+    config = tree_state(vault.config_dir)
     result = vault.jwtfs(
         "mount", str(vault.mnt), "--token-file", str(vault.token_file), check=False
     )
-    _one_line_error(result, str(vault.mnt))
+    one_line_error(result, str(vault.mnt))
     assert os.path.ismount(vault.mnt)
     assert (vault.mnt / "f").read_text() == "kept\n"
-    assert _tree_state(vault.config_dir) == config
+    assert tree_state(vault.config_dir) == config
     vault.remount()
     assert (vault.mnt / "f").read_text() == "kept\n"
 
@@ -461,20 +432,20 @@ def test_bad_input_no_dev_fuse() -> None:
 
 def test_bad_input_init_twice(fresh_vault: VaultHarness) -> None:
     vault = fresh_vault
-    before = _tree_state(vault.config_dir, vault.data_dir)
+    before = tree_state(vault.config_dir, vault.data_dir)
     result = vault.jwtfs("init", check=False)
-    _one_line_error(result, str(vault.config_dir / "config.toml"), "--force")
-    assert _tree_state(vault.config_dir, vault.data_dir) == before
+    one_line_error(result, str(vault.config_dir / "config.toml"), "--force")
+    assert tree_state(vault.config_dir, vault.data_dir) == before
 
 
 def test_bad_input_token_ttl(fresh_vault: VaultHarness) -> None:
     vault = fresh_vault
-    before = _tree_state(vault.config_dir, vault.data_dir)
+    before = tree_state(vault.config_dir, vault.data_dir)
     # "0" is refused with the rule it breaks, which is its own fix.
     for ttl in ("soon", "0", "-5m", "10y"):
         result = vault.jwtfs(
             "token", "issue", "--read", "/**", f"--ttl={ttl}", check=False
         )
-        line = _one_line_error(result, "--ttl", ttl, fix=ttl != "0")
+        line = one_line_error(result, "--ttl", ttl, fix=ttl != "0")
         assert result.stdout == "", line
-    assert _tree_state(vault.config_dir, vault.data_dir) == before
+    assert tree_state(vault.config_dir, vault.data_dir) == before
