@@ -18,6 +18,7 @@ from jwtfs.cli.codes import EXIT_OK
 from jwtfs.config import Config, load_config, with_environment
 from jwtfs.errors import ConfigError, JwtfsError, RemoteError
 from jwtfs.remote.kubo import KuboClient
+from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.index import Index
 
 # How long ``status`` waits for the node before calling it unreachable.
@@ -209,8 +210,42 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _restore_evicted(config: Config, store: BlockStore, cid: Cid) -> None:
+    """Bring an evicted stream back from the node into the store, every block
+    checked against its CID, so it can be exported.
+
+    Raises:
+        JwtfsError: no node is set to fetch it from.
+        RemoteError, IntegrityError: the node failed or sent wrong bytes.
+    """
+    if config.ipfs.api is None:
+        raise JwtfsError(
+            f"{cid}: the content is evicted and no IPFS node is set to fetch it "
+            "from; set ipfs.api or IPFS_API"
+        )
+    target = config.staging_dir / f"export.{os.getpid()}"
+    async with KuboClient(
+        config.ipfs.api,
+        authorization=config.ipfs.authorization,
+        timeout=config.ipfs.timeout,
+    ) as client:
+        try:
+            reader = RemoteReader(client, timeout=config.ipfs.fetch_timeout)
+            await reader.download(cid, target)
+            await trio.to_thread.run_sync(
+                lambda: store.add_stream(target, durable=False)
+            )
+        finally:
+            target.unlink(missing_ok=True)
+    db = Index(config.index_file)
+    try:
+        db.set_local(str(cid), True)
+    finally:
+        db.close()
+
+
 def export(args: argparse.Namespace) -> int:
-    config = load_config()
+    config = with_environment(load_config())
     db = _open_index(config)
     try:
         inode = db.resolve(os.fsencode(args.car))
@@ -224,9 +259,7 @@ def export(args: argparse.Namespace) -> int:
         raise JwtfsError(f"{args.car}: nothing committed yet")
     store = BlockStore(config.store_dir)
     if not store.has_stream(Cid(version.cid)):
-        raise JwtfsError(
-            f"{args.car}: its content is evicted; read the file once first"
-        )
+        trio.run(_restore_evicted, config, store, Cid(version.cid))
     write_car(store, Cid(version.cid), sys.stdout.buffer)
     sys.stdout.buffer.flush()
     return EXIT_OK

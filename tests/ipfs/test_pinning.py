@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from jwtfs.blocks.car import read_car
 from jwtfs.blocks.cid import Cid
 from jwtfs.remote.kubo import KuboClient
 from tests.conftest import needs_fuse
@@ -496,3 +497,42 @@ async def test_exported_car_imports_into_the_node_under_the_same_root(
         assert await kubo.cat(cid, 0, len(stream)) == stream
     finally:
         harness.cleanup()
+
+
+async def test_exporting_evicted_content_fetches_it_from_the_node(
+    vault_on_node: VaultHarness, kubo: KuboClient, unpin_after: list[Cid]
+) -> None:
+    harness = vault_on_node
+    harness.mount()
+    data = random_bytes(3 * CHUNK + 7, 9)
+    (harness.mnt / "f").write_bytes(data)
+    harness.wait_pinned()
+    cid = Cid(index_of(harness)["/f"]["cid"])
+    unpin_after.append(cid)
+    harness.umount()
+    assert harness.drop_local_cache() == 1
+
+    refused = harness.jwtfs(
+        "export", "--car", "/f", check=False, env={"IPFS_API": "none"}
+    )
+    assert refused.returncode != 0
+    assert refused.stdout == ""
+    assert refused.stderr.count("\n") == 1
+    assert "evicted" in refused.stderr and "ipfs.api" in refused.stderr
+
+    car = harness.root / "f.car"
+    with car.open("wb") as out:
+        subprocess.run(
+            [sys.executable, "-m", "jwtfs", "export", "--car", "/f"],
+            env=harness.env,
+            stdout=out,
+            check=True,
+            timeout=60,
+        )
+    with car.open("rb") as src:
+        roots, blocks = read_car(src)
+    assert roots == [cid]
+    assert len(blocks) == 5  # the root and four leaves
+    stream = harness.stream_file(str(cid)).read_bytes()
+    assert stream == await kubo.cat(cid, 0, len(stream))
+    assert index_of(harness)["/f"]["state"] == "pinned"
