@@ -21,11 +21,18 @@ an ``X-Stream-Error`` HTTP trailer, which httpx does not expose. Such an answer
 looks complete but short, so every streamed result is checked for its
 expected length, entries or hash instead.
 
-Errors, all under ``RemoteError`` and chained to the httpx exception:
+httpx's read timeout starts again at every byte, so a node that trickles its
+answer (a byte a second) would hold a request forever. Once a request is
+sent, the node must therefore bring its answer on by a whole JSON entry or
+``PROGRESS_BYTES`` within every ``timeout`` seconds (``_AnswerDeadline``);
+a progress stream (``pin/add``, ``repo/gc``) may last as long as it advances.
+
+Errors, all under ``RemoteError`` and chained to the httpx exception if any:
 
     RemoteError
     ├── NodeUnreachableError  no connection could be made, or it was lost
-    ├── NodeTimeoutError      connected, but the node did not answer in time
+    ├── NodeTimeoutError      connected, but the node did not answer in time,
+    │                         or its answer stopped advancing
     └── NodeResponseError     HTTP status >= 400, or an answer that makes no sense
 
 ``block_get`` and ``stream_size`` raise ``IntegrityError`` for a block that
@@ -38,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +79,9 @@ _MAX_BLOCK_GET = 4 * 1024 * 1024
 _MAX_JSON_LINE = 64 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_MESSAGE_CHARS = 500
+# How much of an answer counts as progress when it is not a whole JSON entry:
+# a block is 256 KiB, so a healthy node sends this many bytes at once.
+PROGRESS_BYTES = 64 * 1024
 _UPLOAD_CHUNK = 1024 * 1024
 # Sent rather than left to the node's default, which Kubo's Import config can
 # change; the local CID is computed with this chunker.
@@ -111,15 +121,49 @@ class NodeResponseError(RemoteError):
         self.node_message = node_message
 
 
+class _AnswerDeadline:
+    """When the node must next have moved its answer on, as a cancel scope.
+
+    The deadline is unset while the request body is still being sent (a file
+    written while it is uploaded takes as long as its writer), set once it is
+    sent or the node answers, and pushed back by each whole JSON entry or
+    ``PROGRESS_BYTES``. ``answered`` tells whether the answer's head came.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.scope = trio.CancelScope()
+        self.seconds = seconds
+        self.answered = False
+        self._bytes = 0
+
+    def restart(self) -> None:
+        self._bytes = 0
+        self.scope.deadline = trio.current_time() + self.seconds
+
+    def received(self, count: int) -> None:
+        self._bytes += count
+        if self._bytes >= PROGRESS_BYTES:
+            self.restart()
+
+
+class _Answer:
+    """A response whose status was fine, with the deadline its body keeps."""
+
+    def __init__(self, response: httpx.Response, deadline: _AnswerDeadline) -> None:
+        self.response = response
+        self.deadline = deadline
+
+
 class KuboClient:
     """Client of one node's RPC API, e.g. ``http://127.0.0.1:5001``.
 
     Use as ``async with KuboClient(url) as client:`` or call ``aclose``.
     ``authorization`` is sent as the ``Authorization`` header (Kubo's
     ``API.Authorizations``, a Cluster proxy's basic auth). ``timeout`` bounds
-    each read and write; connecting is bounded by ``CONNECT_TIMEOUT``. Every
-    method that takes a CID raises ``CidError`` (a ``ValueError``) before
-    sending anything when it is not one.
+    each read and write, and each stretch of an answer that brings less than a
+    JSON entry or ``PROGRESS_BYTES``; connecting is bounded by
+    ``CONNECT_TIMEOUT``. Every method that takes a CID raises ``CidError`` (a
+    ``ValueError``) before sending anything when it is not one.
     """
 
     def __init__(
@@ -139,6 +183,7 @@ class KuboClient:
         if not timeout > 0:
             raise ConfigError(f"IPFS API timeout must be positive, got {timeout}")
         self._base = _api_base(api)
+        self._seconds = timeout
         self._timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         self._client = httpx.AsyncClient(
             base_url=self._base + "/api/v0/",
@@ -346,8 +391,8 @@ class KuboClient:
             return b""
         want = min(length, size - offset)
         params = {"arg": arg, "offset": str(offset), "length": str(want)}
-        async with self._stream("cat", params) as response:
-            data = await self._read(response, want, "cat")
+        async with self._stream("cat", params) as answer:
+            data = await self._read(answer, want, "cat")
         if len(data) != want:
             raise self._bad("cat", f"gave {len(data)} of {want} bytes of {arg}")
         return data
@@ -364,8 +409,8 @@ class KuboClient:
                 block) or a block over 4 MiB.
         """
         arg = normalize_cid(cid)
-        async with self._stream("block/get", {"arg": arg}) as response:
-            data = await self._read(response, _MAX_BLOCK_GET, "block/get")
+        async with self._stream("block/get", {"arg": arg}) as answer:
+            data = await self._read(answer, _MAX_BLOCK_GET, "block/get")
         verify_block(arg, data)
         return data
 
@@ -404,8 +449,8 @@ class KuboClient:
         # errors are streamed as entries.
         params = {"stream-errors": "true"}
         async with (
-            self._stream("repo/gc", params) as response,
-            aclosing(self._iter_json(response, "repo/gc")) as entries,
+            self._stream("repo/gc", params) as answer,
+            aclosing(self._iter_json(answer, "repo/gc")) as entries,
         ):
             async for entry in entries:
                 if entry.get("Error"):
@@ -442,37 +487,56 @@ class KuboClient:
     @asynccontextmanager
     async def _stream(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
-    ) -> AsyncIterator[httpx.Response]:
-        """Send one request and yield its response once the status is fine.
+    ) -> AsyncIterator[_Answer]:
+        """Send one request and yield its answer once the status is fine.
 
         ``part`` becomes the one file part of a multipart body. httpx errors
-        raised while the caller reads the body are translated too.
+        raised while the caller reads the body are translated too, and an
+        answer that stops advancing (``_AnswerDeadline``) ends in
+        ``NodeTimeoutError``.
         """
         boundary = secrets.token_hex(16)
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         head, tail = _multipart_frame(boundary)
+        deadline = _AnswerDeadline(self._seconds)
         body: bytes | AsyncGenerator[bytes, None] | None = None
-        if isinstance(part, bytes):
-            body = head + part + tail
-        elif part is not None:
-            body = _multipart_stream(head, part, tail)
+        if isinstance(part, bytes) or part is None:
+            # Small enough to be sent at once: the clock runs from the start.
+            body = None if part is None else head + part + tail
+            deadline.restart()
+        else:
+            body = _multipart_stream(head, part, tail, sent=deadline.restart)
         try:
-            async with self._client.stream(
-                "POST",
-                command,
-                params=params,
-                content=body,
-                headers=headers if part is not None else None,
-                timeout=self._timeout,
-            ) as response:
-                if response.status_code >= 400:
-                    raise await self._status_error(command, response)
-                yield response
+            with deadline.scope:
+                async with self._client.stream(
+                    "POST",
+                    command,
+                    params=params,
+                    content=body,
+                    headers=headers if part is not None else None,
+                    timeout=self._timeout,
+                ) as response:
+                    # A node may answer before it has read the whole body.
+                    deadline.answered = True
+                    deadline.restart()
+                    if response.status_code >= 400:
+                        raise await self._status_error(command, response, deadline)
+                    yield _Answer(response, deadline)
         except httpx.HTTPError as exc:
             raise self._translate(exc, command) from exc
         finally:
             if isinstance(body, AsyncGenerator):
                 await body.aclose()
+        if deadline.scope.cancelled_caught and not deadline.answered:
+            raise NodeTimeoutError(
+                f"the IPFS node at {self._base} did not answer {command} "
+                f"within {deadline.seconds:g} s"
+            )
+        if deadline.scope.cancelled_caught:
+            raise NodeTimeoutError(
+                f"the IPFS node at {self._base} answered {command} too slowly: "
+                f"less than {PROGRESS_BYTES // 1024} KiB in {deadline.seconds:g} s"
+            )
 
     async def _json(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
@@ -485,19 +549,21 @@ class KuboClient:
     async def _json_lines(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
     ) -> list[dict[str, Any]]:
-        async with self._stream(command, params, part=part) as response:
-            return [entry async for entry in self._iter_json(response, command)]
+        async with self._stream(command, params, part=part) as answer:
+            return [entry async for entry in self._iter_json(answer, command)]
 
     async def _iter_json(
-        self, response: httpx.Response, command: str
+        self, answer: _Answer, command: str
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each newline-separated JSON object of a streamed answer."""
         pending = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in answer.response.aiter_bytes():
+            answer.deadline.received(len(chunk))
             start = 0
             while (end := chunk.find(b"\n", start)) >= 0:
                 pending += chunk[start:end]
                 if pending.strip():
+                    answer.deadline.restart()
                     yield self._parse_entry(pending, command)
                 pending.clear()
                 start = end + 1
@@ -521,20 +587,22 @@ class KuboClient:
             )
         return entry
 
-    async def _read(self, response: httpx.Response, limit: int, command: str) -> bytes:
+    async def _read(self, answer: _Answer, limit: int, command: str) -> bytes:
         """Read a whole body, refusing one longer than ``limit`` bytes."""
         data = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in answer.response.aiter_bytes():
+            answer.deadline.received(len(chunk))
             data += chunk
             if len(data) > limit:
                 raise self._bad(command, f"answered more than {limit} bytes")
         return bytes(data)
 
     async def _status_error(
-        self, command: str, response: httpx.Response
+        self, command: str, response: httpx.Response, deadline: _AnswerDeadline
     ) -> NodeResponseError:
         body = bytearray()
         async for chunk in response.aiter_bytes():
+            deadline.received(len(chunk))
             body += chunk
             if len(body) >= _MAX_ERROR_BODY:
                 break
@@ -555,7 +623,7 @@ class KuboClient:
         if isinstance(exc, httpx.TimeoutException):
             return NodeTimeoutError(
                 f"the IPFS node at {self._base} did not answer {command} "
-                f"within {self._timeout.read} s"
+                f"within {self._seconds:g} s"
             )
         if isinstance(exc, httpx.NetworkError):
             return NodeUnreachableError(
@@ -621,12 +689,14 @@ def _multipart_frame(boundary: str) -> tuple[bytes, bytes]:
 
 
 async def _multipart_stream(
-    head: bytes, file: AsyncReader, tail: bytes
+    head: bytes, file: AsyncReader, tail: bytes, *, sent: Callable[[], None]
 ) -> AsyncGenerator[bytes, None]:
     yield head
     while chunk := await file.read(_UPLOAD_CHUNK):
         yield chunk
     yield tail
+    # httpx asks for more only once the tail is written: the body is sent.
+    sent()
 
 
 def _error_message(body: bytes) -> str:
