@@ -17,7 +17,7 @@ from jwtfs.blocks.store import BlockStore
 from jwtfs.cli.codes import EXIT_OK
 from jwtfs.config import Config, load_config, with_environment
 from jwtfs.errors import ConfigError, JwtfsError, RemoteError
-from jwtfs.remote.kubo import KuboClient
+from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
 from jwtfs.vault.index import Index
 
 # How long ``status`` waits for the node before calling it unreachable.
@@ -97,17 +97,21 @@ def db_missing(config: Config, path: bytes) -> bool:
         db.close()
 
 
-async def _probe(config: Config) -> tuple[bool, str]:
-    assert config.ipfs.api is not None
-    try:
-        async with KuboClient(
-            config.ipfs.api,
-            authorization=config.ipfs.authorization,
-            timeout=PROBE_SECONDS,
-        ) as client:
-            return True, await client.version()
-    except RemoteError as err:
-        return False, str(err)
+async def _probe(api: str, authorization: str | None) -> tuple[str, str]:
+    """How the node answers, in ``PROBE_SECONDS`` all told: (state, detail)."""
+    with trio.move_on_after(PROBE_SECONDS):
+        try:
+            async with KuboClient(
+                api, authorization=authorization, timeout=PROBE_SECONDS
+            ) as client:
+                return "reachable", await client.version()
+        except NodeUnreachableError as err:
+            return "unreachable", str(err)
+        except NodeTimeoutError as err:
+            return "not answering", str(err)
+        except RemoteError as err:
+            return "answering with an error", str(err)
+    return "not answering", f"no answer within {PROBE_SECONDS:g} s"
 
 
 def _collect(config: Config) -> dict[str, Any]:
@@ -137,8 +141,8 @@ def _collect(config: Config) -> dict[str, Any]:
     report["left_machine"] = pushed > 0
     node: dict[str, Any] = {"api": config.ipfs.api}
     if config.ipfs.api is not None:
-        reachable, detail = trio.run(_probe, config)
-        node.update(reachable=reachable, detail=detail)
+        answer, detail = trio.run(_probe, config.ipfs.api, config.ipfs.authorization)
+        node.update(reachable=answer == "reachable", answer=answer, detail=detail)
         if node_state is not None and node_since is not None:
             node["last_seen_state"] = node_state
             node["since"] = _iso(int(node_since))
@@ -185,7 +189,11 @@ def status(args: argparse.Namespace) -> int:
     if node["api"] is None:
         print("node       none configured (ipfs.api is empty)")
     else:
-        answer = "reachable" if node["reachable"] else f"unreachable ({node['detail']})"
+        answer = node["answer"]
+        if answer == "reachable":
+            answer += f" (version {node['detail']})"
+        else:
+            answer += f" ({node['detail']})"
         since = (
             f", {node['last_seen_state']} since {node['since']}"
             if "since" in node

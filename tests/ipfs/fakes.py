@@ -1,6 +1,7 @@
 """Stand-ins for the IPFS node, all on loopback, for tests that need a bad one.
 
-``SilentNode`` accepts connections and never answers. ``TricklingNode``
+``SilentNode`` accepts connections and never answers; ``UnacceptingNode``
+never even completes one. ``TricklingNode``
 reads each request and answers it a byte (or a line) at a time, slowly enough
 that no single read waits long. ``TamperingProxy`` forwards every request to
 a real node and flips one byte in each answer to ``block/get``.
@@ -210,6 +211,32 @@ class TricklingNode:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class UnacceptingNode:
+    """A loopback port where connecting hangs, as with a host that drops
+    packets: the listener never accepts, and its queue (room for one) is
+    filled at once, so the kernel ignores every further connection attempt.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def __enter__(self) -> Self:
+        self._filler.connect(("127.0.0.1", self.port))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._filler.close()
+        self._listener.close()
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
