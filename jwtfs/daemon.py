@@ -194,6 +194,25 @@ def _record_path(mountpoint: Path) -> Path:
     return runtime_dir() / f"mount-{digest}.json"
 
 
+@dataclass(frozen=True)
+class MountRecord:
+    """What a running daemon wrote about itself in the runtime directory.
+
+    ``ipfs_api`` is the node it pins to (None: none), after ``IPFS_API`` and
+    ``--ipfs-api``, so ``status`` and ``flush`` ask the node it really uses;
+    ``api_recorded`` is False for a record that does not say (written by an
+    older jwtfs). The ``Authorization`` value is never recorded.
+    ``started_ns`` tells the daemon's own observations from older ones.
+    """
+
+    pid: int
+    mountpoint: Path
+    data_dir: Path
+    ipfs_api: str | None
+    api_recorded: bool
+    started_ns: int
+
+
 def _write_record(request: MountRequest) -> Path:
     path = _record_path(request.mountpoint)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -201,9 +220,28 @@ def _write_record(request: MountRequest) -> Path:
         "pid": os.getpid(),
         "mountpoint": str(request.mountpoint),
         "data_dir": str(request.config.data_dir),
+        "ipfs_api": request.config.ipfs.api,
+        "started_ns": time.time_ns(),
     }
     path.write_text(json.dumps(record))
     return path
+
+
+def _parse_record(record: object) -> MountRecord | None:
+    if not isinstance(record, dict):
+        return None
+    pid, mountpoint = record.get("pid"), record.get("mountpoint")
+    data_dir, api = record.get("data_dir"), record.get("ipfs_api")
+    started = record.get("started_ns", 0)
+    if not isinstance(pid, int) or not isinstance(mountpoint, str):
+        return None
+    if not isinstance(data_dir, str) or not isinstance(started, int):
+        return None
+    if api is not None and not isinstance(api, str):
+        return None
+    return MountRecord(
+        pid, Path(mountpoint), Path(data_dir), api, "ipfs_api" in record, started
+    )
 
 
 def read_record(mountpoint: Path) -> dict[str, object] | None:
@@ -214,58 +252,51 @@ def read_record(mountpoint: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) else None
 
 
-def _live_records(config: Config) -> list[dict[str, object]]:
+def running_mounts(config: Config) -> list[MountRecord]:
+    """The records of live daemons serving this vault."""
     records = []
     for path in runtime_dir().glob("mount-*.json"):
         try:
-            record = json.loads(path.read_text())
+            record = _parse_record(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-        if not isinstance(record, dict):
+        if record is None or record.data_dir != config.data_dir:
             continue
-        pid = record.get("pid")
-        same_vault = record.get("data_dir") == str(config.data_dir)
-        if same_vault and isinstance(pid, int) and _alive(pid):
+        if _alive(record.pid):
             records.append(record)
     return records
 
 
-def running_daemons(config: Config) -> list[int]:
-    """PIDs of live daemons serving this vault."""
-    return [int(str(r["pid"])) for r in _live_records(config)]
-
-
 def running_mountpoints(config: Config) -> list[Path]:
     """Where this vault is mounted now."""
-    return [Path(str(r["mountpoint"])) for r in _live_records(config)]
+    return [record.mountpoint for record in running_mounts(config)]
 
 
 def flush_backlog(
     config: Config,
     *,
+    mount: MountRecord | None,
     wait: bool,
     timeout: float,
     progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Push queued versions now; return how many are still waiting.
 
-    A running daemon is asked to push (SIGUSR1); without one, the versions
-    are pushed by this process. With ``wait``, return once nothing is queued
-    or ``timeout`` seconds (0: no limit) have passed.
+    The daemon of ``mount`` is asked to push (SIGUSR1); without one, the
+    versions are pushed by this process, to ``config``'s node. With ``wait``,
+    return once nothing is queued or ``timeout`` seconds (0: no limit) have
+    passed.
 
     Raises:
-        ConfigError: no node is configured.
+        ConfigError: without ``mount``, no node is configured, or the vault
+            was mounted meanwhile.
     """
-    if config.ipfs.api is None:
-        raise ConfigError(
-            f"{config.path}: no IPFS node configured; set ipfs.api, IPFS_API or "
-            "pass --ipfs-api URL"
-        )
-    pids = running_daemons(config)
-    for pid in pids:
-        os.kill(pid, signal.SIGUSR1)
-    if pids:
+    if mount is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(mount.pid, signal.SIGUSR1)
         return _wait_for_backlog(config, wait, timeout, progress)
+    if config.ipfs.api is None:
+        raise ConfigError(f"{config.path}: no IPFS node configured to push to")
     with vault_lock(config):
         key = open_master_key(config.master_key_file)
         vault = Vault(vault_paths(config), key, retention=config.retention)

@@ -113,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     p_flush.add_argument(
         "--timeout", type=float, default=0, help="give up after seconds"
     )
-    p_flush.add_argument("mountpoint", nargs="?", type=Path)
+    p_flush.add_argument(
+        "mountpoint", nargs="?", type=Path, help="the vault's mount (default: any)"
+    )
     p_flush.set_defaults(func=flush)
 
     p_export = commands.add_parser(
@@ -152,7 +154,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p_status = commands.add_parser("status", help="the vault, its store and its node")
     p_status.add_argument("--json", action="store_true")
-    p_status.add_argument("mountpoint", nargs="?", type=Path)
+    p_status.add_argument(
+        "mountpoint", nargs="?", type=Path, help="the vault's mount (default: any)"
+    )
     p_status.set_defaults(func=status)
 
     p_fsck = commands.add_parser("fsck", help="check the unmounted vault and repair")

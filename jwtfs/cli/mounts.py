@@ -12,6 +12,7 @@ import trio
 from jwtfs.blocks.cid import Cid, normalize_cid
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
 from jwtfs.cli.reports import human_size
+from jwtfs.cli.targets import find_target
 from jwtfs.config import load_config, with_environment
 from jwtfs.crypto.wrapping import open_master_key
 from jwtfs.daemon import (
@@ -66,6 +67,11 @@ def umount(args: argparse.Namespace) -> int:
 
 def flush(args: argparse.Namespace) -> int:
     config = with_environment(load_config())
+    target = find_target(config, args.mountpoint)
+    if target.api is None:
+        raise ConfigError(
+            f"{target.why_no_node()}, so nothing is pinned; {target.how_to_add_node()}"
+        )
     show = sys.stderr.isatty()
 
     def progress(files: int, size: int) -> None:
@@ -77,7 +83,11 @@ def flush(args: argparse.Namespace) -> int:
             )
 
     left = flush_backlog(
-        config, wait=args.wait, timeout=args.timeout, progress=progress
+        config,
+        mount=target.mount,
+        wait=args.wait,
+        timeout=args.timeout,
+        progress=progress,
     )
     if show:
         print(file=sys.stderr)

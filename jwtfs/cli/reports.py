@@ -15,6 +15,7 @@ from jwtfs.blocks.car import write_car
 from jwtfs.blocks.cid import Cid
 from jwtfs.blocks.store import BlockStore
 from jwtfs.cli.codes import EXIT_OK
+from jwtfs.cli.targets import Target, find_target
 from jwtfs.config import Config, load_config, with_environment
 from jwtfs.errors import ConfigError, JwtfsError, RemoteError
 from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
@@ -114,10 +115,10 @@ async def _probe(api: str, authorization: str | None) -> tuple[str, str]:
     return "not answering", f"no answer within {PROBE_SECONDS:g} s"
 
 
-def _collect(config: Config) -> dict[str, Any]:
+def _collect(target: Target) -> dict[str, Any]:
+    config = target.config
     db = _open_index(config)
     try:
-        counts = db.version_counts()
         files, size = db.backlog()
         report: dict[str, Any] = {
             "vault_id": db.meta("vault_id"),
@@ -125,46 +126,63 @@ def _collect(config: Config) -> dict[str, Any]:
             "data_dir": str(config.data_dir),
             "inodes": db.count_inodes(),
             "index_integrity": db.integrity_check(),
-            "states": counts,
+            "states": db.version_counts(),
             "backlog": {"files": files, "bytes": size},
             "failed": [
                 {"cid": v.cid, "reason": v.reason} for v in db.failed_versions()
             ],
         }
-        node_state, node_since = db.meta("node_state"), db.meta("node_since")
-        snapshot_cid, snapshot_ns = db.meta("snapshot_cid"), db.meta("snapshot_ns")
+        meta = {
+            key: db.meta(key)
+            for key in ("node_state", "node_since", "snapshot_cid", "snapshot_ns")
+        }
+        states = report["states"]
+        report["left_machine"] = "pinned" in states or "pinning" in states
     finally:
         db.close()
     usage = BlockStore(config.store_dir).usage()
     report["store"] = {"streams": usage.streams, "bytes": usage.bytes}
-    pushed = sum(n for state, n in counts.items() if state in ("pinned", "pinning"))
-    report["left_machine"] = pushed > 0
-    node: dict[str, Any] = {"api": config.ipfs.api}
-    if config.ipfs.api is not None:
-        answer, detail = trio.run(_probe, config.ipfs.api, config.ipfs.authorization)
-        node.update(reachable=answer == "reachable", answer=answer, detail=detail)
-        if node_state is not None and node_since is not None:
-            node["last_seen_state"] = node_state
-            node["since"] = _iso(int(node_since))
-    report["node"] = node
+    mount = target.mount
+    report["mount"] = mount and {"mountpoint": str(mount.mountpoint), "pid": mount.pid}
+    report["node"] = _node_report(target, meta["node_state"], meta["node_since"])
     report["snapshot"] = None
-    if snapshot_cid and snapshot_ns:
-        age = max(0.0, (time.time_ns() - int(snapshot_ns)) / 1e9)
+    if meta["snapshot_cid"] and meta["snapshot_ns"]:
+        taken = int(meta["snapshot_ns"])
         report["snapshot"] = {
-            "cid": snapshot_cid,
-            "taken": _iso(int(snapshot_ns)),
-            "age_seconds": round(age),
+            "cid": meta["snapshot_cid"],
+            "taken": iso(taken),
+            "age_seconds": round(max(0.0, (time.time_ns() - taken) / 1e9)),
         }
     return report
 
 
-def _iso(ns: int) -> str:
+def _node_report(
+    target: Target, state: str | None, since: str | None
+) -> dict[str, Any]:
+    """The node in use, probed, and how the running daemon last found it."""
+    node: dict[str, Any] = {"api": target.api, "source": target.api_source()}
+    if target.api is None:
+        node["why_none"] = target.why_no_node()
+        return node
+    authorization = target.config.ipfs.authorization
+    answer, detail = trio.run(_probe, target.api, authorization)
+    node.update(reachable=answer == "reachable", answer=answer, detail=detail)
+    # The running daemon's own finding only: an older one may be of another node.
+    mount = target.mount
+    if mount is not None and state and since and int(since) >= mount.started_ns:
+        node["last_seen_state"] = state
+        node["since"] = iso(int(since))
+    return node
+
+
+def iso(ns: int) -> str:
+    """A time in UTC to the second, as ``status`` and ``flush`` show times."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
 
 
 def status(args: argparse.Namespace) -> int:
     config = with_environment(load_config())
-    report = _collect(config)
+    report = _collect(find_target(config, args.mountpoint))
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -173,6 +191,9 @@ def status(args: argparse.Namespace) -> int:
     print(f"vault      {report['vault_id']}")
     print(f"config     {report['config']}")
     print(f"data       {report['data_dir']}")
+    if report["mount"] is not None:
+        mount = report["mount"]
+        print(f"mount      {mount['mountpoint']} (daemon {mount['pid']})")
     print(
         f"files      {stored} stored, {report['inodes']} inodes in the index "
         f"({report['index_integrity']})"
@@ -185,36 +206,39 @@ def status(args: argparse.Namespace) -> int:
         "states     "
         + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "-")
     )
+    _print_node(report)
+    for failed in report["failed"]:
+        print(f"failed     {failed['cid']}: {failed['reason']}")
+    if not report["left_machine"]:
+        print("network    nothing has left this machine: every version is local only")
+    return EXIT_OK
+
+
+def _print_node(report: dict[str, Any]) -> None:
     node = report["node"]
     if node["api"] is None:
-        print("node       none configured (ipfs.api is empty)")
+        print(f"node       none ({node['why_none']})")
+        return
+    answer = node["answer"]
+    if answer == "reachable":
+        answer += f" (version {node['detail']})"
     else:
-        answer = node["answer"]
-        if answer == "reachable":
-            answer += f" (version {node['detail']})"
-        else:
-            answer += f" ({node['detail']})"
-        since = (
-            f", {node['last_seen_state']} since {node['since']}"
-            if "since" in node
-            else ""
-        )
-        print(f"node       {node['api']}: {answer}{since}")
-        backlog = report["backlog"]
-        print(f"backlog    {backlog['files']} files, {human_size(backlog['bytes'])}")
+        answer += f" ({node['detail']})"
+    seen = ""
+    if "since" in node:
+        state, since = node["last_seen_state"], node["since"]
+        seen = f"; the daemon has found it {state} since {since}"
+    print(f"node       {node['api']} (from {node['source']}): {answer}{seen}")
+    backlog = report["backlog"]
+    print(f"backlog    {backlog['files']} files, {human_size(backlog['bytes'])}")
     snapshot = report["snapshot"]
     if snapshot is not None:
         print(
             f"snapshot   {snapshot['cid']} ({snapshot['age_seconds']} s old); "
             "recover with 'jwtfs recover CID'"
         )
-    elif node["api"] is not None:
+    else:
         print("snapshot   none pinned yet")
-    for failed in report["failed"]:
-        print(f"failed     {failed['cid']}: {failed['reason']}")
-    if not report["left_machine"]:
-        print("network    nothing has left this machine: every version is local only")
-    return EXIT_OK
 
 
 def export(args: argparse.Namespace) -> int:

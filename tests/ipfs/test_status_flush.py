@@ -15,13 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from jwtfs.blocks.cid import Cid
 from jwtfs.cli.reports import PROBE_SECONDS
 from tests.conftest import needs_fuse
 from tests.harness import VaultHarness, new_vault
-from tests.ipfs.fakes import TricklingNode, UnacceptingNode
+from tests.ipfs.fakes import TricklingNode, UnacceptingNode, closed_loopback_port
 
 # Time allowed past a limit: starting Python, a loaded CI machine.
 MARGIN = 2.0
+
+
+def down_node() -> str:
+    """The URL of a node that is down."""
+    return f"http://127.0.0.1:{closed_loopback_port()}"
 
 
 def timed(
@@ -74,7 +82,8 @@ def test_status_gives_up_on_a_trickling_node_within_the_probe_limit(
     assert report["node"]["reachable"] is False
     assert report["node"]["answer"] == "not answering"
     assert elapsed < PROBE_SECONDS + MARGIN
-    assert line.startswith(f"node       {node.url}: not answering (")
+    assert line.startswith(f"node       {node.url} (from ipfs.api in ")
+    assert ": not answering (" in line
 
 
 def test_status_gives_up_on_a_connection_that_never_completes(
@@ -118,3 +127,147 @@ def test_a_trickling_add_is_logged_and_given_up_after_the_timeout(
     assert len(lines) == 1, lines
     assert "IPFS node unreachable" in lines[0]
     assert f"the IPFS node at {node.url} answered add too slowly" in lines[0]
+
+
+# Flush without a node
+
+
+@needs_fuse
+def test_flush_of_a_mount_without_a_node_fails_at_once(tmp_path: Path) -> None:
+    harness = new_vault(tmp_path, down_node())
+    harness.mount()
+    (harness.mnt / "f.txt").write_bytes(b"queued while the node is down\n")
+    harness.umount()
+    harness.mount("--ipfs-api", "none")
+    try:
+        result, elapsed = timed(harness, "flush", "--wait")
+        node_line = status_line(harness, "node")
+    finally:
+        harness.cleanup()
+
+    mnt = harness.mnt
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"jwtfs: {mnt} was mounted without an IPFS node, so nothing is pinned; "
+        f"run 'jwtfs umount {mnt}', then mount it with --ipfs-api URL\n"
+    )
+    assert elapsed < MARGIN
+    assert node_line == f"node       none ({mnt} was mounted without an IPFS node)"
+
+
+@pytest.mark.parametrize("setting", ["IPFS_API=none", "IPFS_API=", "ipfs.api="])
+def test_without_a_node_status_and_flush_name_the_setting_to_change(
+    tmp_path: Path, setting: str
+) -> None:
+    harness = new_vault(tmp_path, "" if setting == "ipfs.api=" else down_node())
+    harness.env.pop("IPFS_API", None)
+    env = None
+    if setting.startswith("IPFS_API="):
+        env = {"IPFS_API": setting.removeprefix("IPFS_API=")}
+    result, elapsed = timed(harness, "flush", "--wait", env=env)
+    report = status_json(harness, env=env)
+
+    if env is not None:
+        why = f"IPFS_API is {env['IPFS_API']!r}"
+        fix = "set IPFS_API to the node's URL"
+    else:
+        why = f"ipfs.api is empty in {harness.config_dir / 'config.toml'}"
+        fix = "set ipfs.api to the node's URL"
+    assert result.returncode == 2
+    assert result.stderr == f"jwtfs: {why}, so nothing is pinned; {fix}\n"
+    assert elapsed < MARGIN
+    assert report["node"] == {
+        "api": None,
+        "source": "IPFS_API" if env else f"ipfs.api in {report['config']}",
+        "why_none": why,
+    }
+
+
+# Which node: the one the running mount uses
+
+
+@needs_fuse
+async def test_status_and_flush_ask_the_node_the_mount_uses(
+    tmp_path: Path, ipfs_api: str, unpin_after: list[Cid]
+) -> None:
+    harness = new_vault(tmp_path, down_node())
+    secret = "Bearer test-only-not-a-real-token"
+    harness.mount("--ipfs-api", ipfs_api, env={"IPFS_API_AUTHORIZATION": secret})
+    try:
+        (harness.mnt / "f.txt").write_bytes(b"pinned where the mount says\n")
+        node = status_json(harness)["node"]
+        flushed, _ = timed(harness, "flush", "--wait", "--timeout", "30")
+        report = status_json(harness)
+        records = list((harness.runtime / "jwtfs").glob("mount-*.json"))
+        record = records[0].read_text()
+    finally:
+        harness.cleanup()
+    unpin_after.extend(Cid(str(r["cid"])) for r in harness_index(harness))
+    if report["snapshot"] is not None:
+        unpin_after.append(Cid(report["snapshot"]["cid"]))
+
+    assert node["api"] == ipfs_api
+    assert node["source"] == f"the mount at {harness.mnt}"
+    assert node["reachable"] is True
+    assert flushed.returncode == 0, flushed.stderr
+    assert report["states"] == {"pinned": 1}
+    assert json.loads(record)["ipfs_api"] == ipfs_api
+    assert secret not in record and "Bearer" not in record
+
+
+def harness_index(harness: VaultHarness) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(harness.jwtfs("index", "--json").stdout)
+    return rows
+
+
+@needs_fuse
+@pytest.mark.parametrize("command", ["status", "flush"])
+def test_a_path_that_is_not_a_mount_of_the_vault_is_refused(
+    tmp_path: Path, ipfs_api: str, command: str
+) -> None:
+    harness = new_vault(tmp_path, ipfs_api)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    paths = [tmp_path / "does-not-exist", elsewhere]
+    unmounted = [timed(harness, command, str(path))[0] for path in paths]
+    harness.mount()
+    try:
+        mounted = [timed(harness, command, str(path))[0] for path in paths]
+        own, _ = timed(harness, command, str(harness.mnt))
+    finally:
+        harness.cleanup()
+
+    vault = f"the vault in {harness.data_dir}"
+    for results, state in (
+        (unmounted, "it is not mounted"),
+        (mounted, f"it is mounted at {harness.mnt}"),
+    ):
+        for path, result in zip(paths, results, strict=True):
+            assert result.returncode == 2
+            assert result.stderr == (
+                f"jwtfs: {path}: not a mount of {vault} ({state}); "
+                "name its mountpoint, or none\n"
+            )
+    assert own.returncode == 0, own.stderr
+
+
+@needs_fuse
+def test_status_leaves_out_what_a_daemon_that_is_gone_saw(tmp_path: Path) -> None:
+    harness = new_vault(tmp_path, down_node())
+    harness.mount()
+    try:
+        (harness.mnt / "f.txt").write_bytes(b"queued\n")
+        poll(
+            "the daemon finds the node down",
+            lambda: (
+                status_json(harness)["node"].get("last_seen_state") == "unreachable"
+            ),
+            15,
+        )
+    finally:
+        harness.cleanup()
+
+    report = status_json(harness)
+    assert report["mount"] is None
+    assert "last_seen_state" not in report["node"]
+    assert "since" not in report["node"]
