@@ -272,29 +272,41 @@ def running_mountpoints(config: Config) -> list[Path]:
     return [record.mountpoint for record in running_mounts(config)]
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What ``flush`` waits for, as the process that pushes last saw it."""
+
+    versions: int
+    bytes: int
+    # Since when (ns) the node has not been reached, or None: it answered, or
+    # it was not tried yet.
+    unreachable_since_ns: int | None = None
+
+
 def flush_backlog(
     config: Config,
     *,
     mount: MountRecord | None,
     wait: bool,
     timeout: float,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Backlog], None] | None = None,
 ) -> int:
     """Push queued versions now; return how many are still waiting.
 
-    The daemon of ``mount`` is asked to push (SIGUSR1); without one, the
-    versions are pushed by this process, to ``config``'s node. With ``wait``,
-    return once nothing is queued or ``timeout`` seconds (0: no limit) have
-    passed.
+    The daemon of ``mount`` is asked to push (SIGUSR1) and watched; without
+    one, the versions are pushed by this process, to ``config``'s node. With
+    ``wait``, return once nothing is queued or ``timeout`` seconds (0: no
+    limit) have passed.
 
     Raises:
         ConfigError: without ``mount``, no node is configured, or the vault
             was mounted meanwhile.
+        JwtfsError: the daemon stopped before nothing was queued.
     """
     if mount is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(mount.pid, signal.SIGUSR1)
-        return _wait_for_backlog(config, wait, timeout, progress)
+        return _wait_for_daemon(config, mount, wait, timeout, progress)
     if config.ipfs.api is None:
         raise ConfigError(f"{config.path}: no IPFS node configured to push to")
     with vault_lock(config):
@@ -307,25 +319,41 @@ def flush_backlog(
             vault.close()
 
 
-def _wait_for_backlog(
+def _backlog(index: Index, since_ns: int) -> Backlog:
+    """The backlog, and the node's state if recorded at ``since_ns`` or later
+    (an older record is another process's, about a node it may not share)."""
+    versions, size = index.pending_pins()
+    state, since = index.meta("node_state"), index.meta("node_since")
+    if state == "unreachable" and since is not None and int(since) >= since_ns:
+        return Backlog(versions, size, int(since))
+    return Backlog(versions, size)
+
+
+def _wait_for_daemon(
     config: Config,
+    mount: MountRecord,
     wait: bool,
     timeout: float,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[Backlog], None] | None,
 ) -> int:
     deadline = time.monotonic() + timeout if timeout > 0 else None
     while True:
         index = Index(config.index_file, readonly=True)
         try:
-            files, size = index.pending_pins()
+            backlog = _backlog(index, mount.started_ns)
         finally:
             index.close()
         if progress is not None:
-            progress(files, size)
-        if not wait or files == 0:
-            return files
+            progress(backlog)
+        if not wait or backlog.versions == 0:
+            return backlog.versions
         if deadline is not None and time.monotonic() > deadline:
-            return files
+            return backlog.versions
+        if not _alive(mount.pid):
+            raise JwtfsError(
+                f"{mount.mountpoint}: its daemon stopped before the backlog was "
+                "pinned; mount it again to push the rest"
+            )
         time.sleep(0.2)
 
 
@@ -334,8 +362,9 @@ async def _push_here(
     config: Config,
     wait: bool,
     timeout: float,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[Backlog], None] | None,
 ) -> int:
+    started_ns = time.time_ns()
     client = pin_client(config)
     assert client is not None
     async with client:
@@ -347,10 +376,10 @@ async def _push_here(
             while True:
                 await queue.drain()
                 await queue.unpin_released()
-                files, size = vault.index.pending_pins()
+                backlog = _backlog(vault.index, started_ns)
                 if progress is not None:
-                    progress(files, size)
-                if files == 0 or not wait:
+                    progress(backlog)
+                if backlog.versions == 0 or not wait:
                     break
                 await trio.sleep(UNREACHABLE_RETRY_SECONDS)
     return vault.index.pending_pins()[0]

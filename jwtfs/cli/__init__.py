@@ -111,7 +111,11 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="return once nothing is queued"
     )
     p_flush.add_argument(
-        "--timeout", type=float, default=0, help="give up after seconds"
+        "--timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="give up after this many seconds (default 0: no limit)",
     )
     p_flush.add_argument(
         "mountpoint", nargs="?", type=Path, help="the vault's mount (default: any)"

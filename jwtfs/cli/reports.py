@@ -50,6 +50,11 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 version``, ``2 versions``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _open_index(config: Config) -> Index:
     if not config.index_file.exists():
         raise ConfigError(f"{config.index_file}: no index; run 'jwtfs init'")

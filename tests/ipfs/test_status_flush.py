@@ -9,8 +9,12 @@ from the named fakes of ``fakes.py``: ``TricklingNode`` answers a byte every
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pty
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,34 @@ def poll(what: str, check: Any, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g} s")
         time.sleep(0.2)
+
+
+def on_terminal(harness: VaultHarness, *args: str) -> tuple[int, str]:
+    """Run ``jwtfs ARGS`` with stderr on a pseudo-terminal; return (code, stderr)."""
+    master, slave = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "jwtfs", *args],
+            env=harness.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+        )
+        os.close(slave)
+        output = bytearray()
+        while True:
+            try:
+                piece = os.read(master, 4096)
+            except OSError as err:
+                assert err.errno == errno.EIO
+                break
+            if not piece:
+                break
+            output += piece
+        code = child.wait(timeout=60)
+    finally:
+        os.close(master)
+    return code, output.decode()
 
 
 # The probe
@@ -129,7 +161,91 @@ def test_a_trickling_add_is_logged_and_given_up_after_the_timeout(
     assert f"the IPFS node at {node.url} answered add too slowly" in lines[0]
 
 
-# Flush without a node
+# Flush: how long it waits, and what it says meanwhile
+
+
+@pytest.mark.parametrize("value", ["-5", "-0.5", "nan"])
+def test_flush_refuses_a_timeout_that_is_not_zero_or_more_seconds(
+    tmp_path: Path, value: str
+) -> None:
+    harness = new_vault(tmp_path, down_node())
+    result, _ = timed(harness, "flush", "--wait", "--timeout", value)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"jwtfs: --timeout {value}: give the seconds to wait, or 0 for no limit\n"
+    )
+
+
+@needs_fuse
+def test_flush_waiting_on_an_unreachable_node_says_so_and_counts_versions(
+    tmp_path: Path,
+) -> None:
+    down = down_node()
+    harness = new_vault(tmp_path, down)
+    harness.mount()
+    try:
+        # Two versions of one file: retention keeps the older one, and it is
+        # pushed too, so both count.
+        (harness.mnt / "f.txt").write_bytes(b"first\n")
+        (harness.mnt / "f.txt").write_bytes(b"second\n")
+        daemon, elapsed = timed(harness, "flush", "--wait", "--timeout", "4")
+        code, terminal = on_terminal(harness, "flush", "--wait", "--timeout", "2")
+    finally:
+        harness.cleanup()
+    here, _ = timed(harness, "flush", "--wait", "--timeout", "4")
+
+    waiting = (
+        f"jwtfs: waiting for 2 versions to be pinned; the IPFS node at {down} "
+        "is unreachable since "
+    )
+    for result in (daemon, here):
+        assert result.returncode == 1
+        lines = result.stderr.splitlines()
+        assert len(lines) == 2, lines
+        assert lines[0].startswith(waiting)
+        assert lines[1] == "jwtfs: 2 versions still wait to be pinned"
+    assert elapsed < 4 + MARGIN
+    assert code == 1
+    assert f"\r2 versions (133 B) to pin; the IPFS node at {down} is unreachable" in (
+        terminal
+    )
+
+
+@needs_fuse
+def test_flush_stops_waiting_when_the_daemon_goes_away(tmp_path: Path) -> None:
+    harness = new_vault(tmp_path, down_node())
+    harness.mount()
+    waiting = None
+    try:
+        (harness.mnt / "f.txt").write_bytes(b"queued while the node is down\n")
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "jwtfs", "flush", "--wait"],
+            env=harness.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        poll(
+            "the daemon finds the node down",
+            lambda: (
+                status_json(harness)["node"].get("last_seen_state") == "unreachable"
+            ),
+            15,
+        )
+        harness.umount()
+        _, stderr = waiting.communicate(timeout=10)
+    finally:
+        if waiting is not None and waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+        harness.cleanup()
+
+    assert waiting.returncode == 1
+    assert stderr.splitlines()[-1] == (
+        f"jwtfs: {harness.mnt}: its daemon stopped before the backlog was pinned; "
+        "mount it again to push the rest"
+    )
 
 
 @needs_fuse
