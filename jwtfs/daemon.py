@@ -515,8 +515,10 @@ async def _report_status(vault: Vault) -> None:
     """Tell systemd how large the pin backlog is (``systemctl status`` shows it)."""
     while True:
         await trio.sleep(STATUS_SECONDS)
-        files, size = vault.index.backlog()
-        state = "no backlog" if not files else f"{files} files ({size} bytes) to pin"
+        versions, size = vault.index.pending_pins()
+        state = (
+            f"{versions} versions ({size} bytes) to pin" if versions else "no backlog"
+        )
         _notify_systemd(f"STATUS=serving; {state}")
 
 

@@ -124,7 +124,7 @@ def _collect(target: Target) -> dict[str, Any]:
     config = target.config
     db = _open_index(config)
     try:
-        files, size = db.backlog()
+        versions, size = db.pending_pins()
         report: dict[str, Any] = {
             "vault_id": db.meta("vault_id"),
             "config": str(config.path),
@@ -132,7 +132,7 @@ def _collect(target: Target) -> dict[str, Any]:
             "inodes": db.count_inodes(),
             "index_integrity": db.integrity_check(),
             "states": db.version_counts(),
-            "backlog": {"files": files, "bytes": size},
+            "backlog": {"versions": versions, "bytes": size},
             "failed": [
                 {"cid": v.cid, "reason": v.reason} for v in db.failed_versions()
             ],
@@ -141,8 +141,11 @@ def _collect(target: Target) -> dict[str, Any]:
             key: db.meta(key)
             for key in ("node_state", "node_since", "snapshot_cid", "snapshot_ns")
         }
-        states = report["states"]
-        report["left_machine"] = "pinned" in states or "pinning" in states
+        # Whether anything may have been sent: a node was ever tried (its state
+        # is recorded then), a version is on one, or a snapshot was pinned.
+        report["left_machine"] = bool(
+            db.pushed_versions() or meta["snapshot_cid"] or meta["node_state"]
+        )
     finally:
         db.close()
     usage = BlockStore(config.store_dir).usage()
@@ -215,7 +218,10 @@ def status(args: argparse.Namespace) -> int:
     for failed in report["failed"]:
         print(f"failed     {failed['cid']}: {failed['reason']}")
     if not report["left_machine"]:
-        print("network    nothing has left this machine: every version is local only")
+        print(
+            "network    nothing has left this machine: no version and no index "
+            "snapshot was sent to a node"
+        )
     return EXIT_OK
 
 
@@ -235,7 +241,8 @@ def _print_node(report: dict[str, Any]) -> None:
         seen = f"; the daemon has found it {state} since {since}"
     print(f"node       {node['api']} (from {node['source']}): {answer}{seen}")
     backlog = report["backlog"]
-    print(f"backlog    {backlog['files']} files, {human_size(backlog['bytes'])}")
+    versions = plural(backlog["versions"], "version")
+    print(f"backlog    {versions} ({human_size(backlog['bytes'])}) to pin")
     snapshot = report["snapshot"]
     if snapshot is not None:
         print(

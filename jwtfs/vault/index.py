@@ -526,6 +526,15 @@ class Index:
         )
         return int(row[0]), int(row[1])
 
+    def pushed_versions(self) -> int:
+        """Versions, superseded ones too, that were sent to a node: pinned,
+        being pushed, or pinned and waiting to be unpinned."""
+        row = self._one(
+            "SELECT count(*) FROM versions "
+            "WHERE state IN ('pinned', 'pinning', 'unpin')"
+        )
+        return int(row[0])
+
     def failed_versions(self) -> list[VersionRow]:
         rows = self._all(
             f"SELECT {VERSION_COLUMNS} FROM versions WHERE state='failed' ORDER BY id"

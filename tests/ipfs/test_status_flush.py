@@ -188,12 +188,16 @@ def test_flush_waiting_on_an_unreachable_node_says_so_and_counts_versions(
         # pushed too, so both count.
         (harness.mnt / "f.txt").write_bytes(b"first\n")
         (harness.mnt / "f.txt").write_bytes(b"second\n")
+        backlog = status_json(harness)["backlog"]
+        backlog_line = status_line(harness, "backlog")
         daemon, elapsed = timed(harness, "flush", "--wait", "--timeout", "4")
         code, terminal = on_terminal(harness, "flush", "--wait", "--timeout", "2")
     finally:
         harness.cleanup()
     here, _ = timed(harness, "flush", "--wait", "--timeout", "4")
 
+    assert backlog == {"versions": 2, "bytes": (32 + 6 + 28) + (32 + 7 + 28)}
+    assert backlog_line == "backlog    2 versions (133 B) to pin"
     waiting = (
         f"jwtfs: waiting for 2 versions to be pinned; the IPFS node at {down} "
         "is unreachable since "
@@ -387,3 +391,38 @@ def test_status_leaves_out_what_a_daemon_that_is_gone_saw(tmp_path: Path) -> Non
     assert report["mount"] is None
     assert "last_seen_state" not in report["node"]
     assert "since" not in report["node"]
+
+
+# What left the machine
+
+
+@needs_fuse
+async def test_status_does_not_say_nothing_left_once_a_snapshot_is_pinned(
+    tmp_path: Path, ipfs_api: str, unpin_after: list[Cid]
+) -> None:
+    harness = new_vault(tmp_path, ipfs_api)
+    harness.mount()
+    try:
+        poll(
+            "the first index snapshot is pinned",
+            lambda: status_json(harness)["snapshot"] is not None,
+            30,
+        )
+        report = status_json(harness)
+        text = harness.jwtfs("status").stdout
+    finally:
+        harness.cleanup()
+    unpin_after.append(Cid(report["snapshot"]["cid"]))
+
+    assert report["states"] == {}
+    assert report["left_machine"] is True
+    assert "nothing has left this machine" not in text
+
+
+def test_status_of_a_vault_without_a_node_says_nothing_left(tmp_path: Path) -> None:
+    harness = new_vault(tmp_path, "")
+    harness.env.pop("IPFS_API", None)
+    report = status_json(harness)
+    text = harness.jwtfs("status").stdout
+    assert report["left_machine"] is False
+    assert "network    nothing has left this machine" in text
