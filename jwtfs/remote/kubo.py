@@ -21,11 +21,11 @@ an ``X-Stream-Error`` HTTP trailer, which httpx does not expose. Such an answer
 looks complete but short, so every streamed result is checked for its
 expected length, entries or hash instead.
 
-httpx's read timeout starts again at every byte, so a node that trickles its
-answer (a byte a second) would hold a request forever. Once a request is
-sent, the node must therefore bring its answer on by a whole JSON entry or
-``PROGRESS_BYTES`` within every ``timeout`` seconds (``_AnswerDeadline``);
-a progress stream (``pin/add``, ``repo/gc``) may last as long as it advances.
+Once a request is sent, the node must bring its answer on by a whole JSON
+entry or ``PROGRESS_BYTES`` within every ``timeout`` seconds
+(``wire.AnswerDeadline``), so one that trickles cannot hold a request
+forever; a progress stream (``pin/add``, ``repo/gc``) may last as long as it
+advances.
 
 Errors, all under ``RemoteError`` and chained to the httpx exception if any:
 
@@ -45,11 +45,11 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import httpx
 import trio
@@ -66,6 +66,16 @@ from jwtfs.blocks.cid import (
 )
 from jwtfs.blocks.unixfs import CHUNK_SIZE, decode_node
 from jwtfs.errors import ConfigError, RemoteError
+from jwtfs.remote.wire import (
+    PROGRESS_BYTES,
+    Answer,
+    AnswerDeadline,
+    AsyncReader,
+    clip,
+    error_message,
+    multipart_frame,
+    multipart_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +88,9 @@ _MAX_BLOCK_GET = 4 * 1024 * 1024
 # pin/ls answers with one JSON object holding every pin: about 100 bytes each.
 _MAX_JSON_LINE = 64 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
-_MAX_MESSAGE_CHARS = 500
-# How much of an answer counts as progress when it is not a whole JSON entry:
-# a block is 256 KiB, so a healthy node sends this many bytes at once.
-PROGRESS_BYTES = 64 * 1024
-_UPLOAD_CHUNK = 1024 * 1024
 # Sent rather than left to the node's default, which Kubo's Import config can
 # change; the local CID is computed with this chunker.
 _CHUNKER = f"size-{CHUNK_SIZE}"
-
-
-class AsyncReader(Protocol):
-    """What ``add_reader`` reads: up to ``size`` bytes a call, b"" at the end."""
-
-    async def read(self, size: int = -1, /) -> bytes: ...
 
 
 # What a request carries as its one multipart file part.
@@ -119,39 +118,6 @@ class NodeResponseError(RemoteError):
         super().__init__(message)
         self.status = status
         self.node_message = node_message
-
-
-class _AnswerDeadline:
-    """When the node must next have moved its answer on, as a cancel scope.
-
-    The deadline is unset while the request body is still being sent (a file
-    written while it is uploaded takes as long as its writer), set once it is
-    sent or the node answers, and pushed back by each whole JSON entry or
-    ``PROGRESS_BYTES``. ``answered`` tells whether the answer's head came.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.scope = trio.CancelScope()
-        self.seconds = seconds
-        self.answered = False
-        self._bytes = 0
-
-    def restart(self) -> None:
-        self._bytes = 0
-        self.scope.deadline = trio.current_time() + self.seconds
-
-    def received(self, count: int) -> None:
-        self._bytes += count
-        if self._bytes >= PROGRESS_BYTES:
-            self.restart()
-
-
-class _Answer:
-    """A response whose status was fine, with the deadline its body keeps."""
-
-    def __init__(self, response: httpx.Response, deadline: _AnswerDeadline) -> None:
-        self.response = response
-        self.deadline = deadline
 
 
 class KuboClient:
@@ -294,7 +260,7 @@ class KuboClient:
         for entry in await self._json_lines("pin/add", params):
             value = entry.get("Pins", [])
             if not isinstance(value, list):
-                raise self._bad("pin/add", f"answered {_clip(repr(entry))}")
+                raise self._bad("pin/add", f"answered {clip(repr(entry))}")
             pins.update(self._cid(item, "pin/add") for item in value)
         if arg not in pins:
             raise self._bad("pin/add", f"did not confirm {arg}")
@@ -454,7 +420,7 @@ class KuboClient:
         ):
             async for entry in entries:
                 if entry.get("Error"):
-                    raise self._bad("repo/gc", _clip(str(entry["Error"])))
+                    raise self._bad("repo/gc", clip(str(entry["Error"])))
 
     async def dag_import(self, car: Path) -> list[Cid]:
         """Import a CARv1 file and pin its roots; return the roots.
@@ -477,35 +443,35 @@ class KuboClient:
 
     def _import_root(self, root: object) -> Cid:
         if not isinstance(root, dict) or not isinstance(root.get("Cid"), dict):
-            raise self._bad("dag/import", f"answered root {_clip(repr(root))}")
+            raise self._bad("dag/import", f"answered root {clip(repr(root))}")
         cid = self._cid(root["Cid"].get("/"), "dag/import")
         if root.get("PinErrorMsg"):
-            message = _clip(str(root["PinErrorMsg"]))
+            message = clip(str(root["PinErrorMsg"]))
             raise self._bad("dag/import", f"could not pin {cid}: {message}")
         return cid
 
     @asynccontextmanager
     async def _stream(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
-    ) -> AsyncIterator[_Answer]:
+    ) -> AsyncIterator[Answer]:
         """Send one request and yield its answer once the status is fine.
 
         ``part`` becomes the one file part of a multipart body. httpx errors
         raised while the caller reads the body are translated too, and an
-        answer that stops advancing (``_AnswerDeadline``) ends in
+        answer that stops advancing (``AnswerDeadline``) ends in
         ``NodeTimeoutError``.
         """
         boundary = secrets.token_hex(16)
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        head, tail = _multipart_frame(boundary)
-        deadline = _AnswerDeadline(self._seconds)
+        head, tail = multipart_frame(boundary)
+        deadline = AnswerDeadline(self._seconds)
         body: bytes | AsyncGenerator[bytes, None] | None = None
         if isinstance(part, bytes) or part is None:
             # Small enough to be sent at once: the clock runs from the start.
             body = None if part is None else head + part + tail
             deadline.restart()
         else:
-            body = _multipart_stream(head, part, tail, sent=deadline.restart)
+            body = multipart_stream(head, part, tail, sent=deadline.restart)
         try:
             with deadline.scope:
                 async with self._client.stream(
@@ -521,7 +487,7 @@ class KuboClient:
                     deadline.restart()
                     if response.status_code >= 400:
                         raise await self._status_error(command, response, deadline)
-                    yield _Answer(response, deadline)
+                    yield Answer(response, deadline)
         except httpx.HTTPError as exc:
             raise self._translate(exc, command) from exc
         finally:
@@ -553,7 +519,7 @@ class KuboClient:
             return [entry async for entry in self._iter_json(answer, command)]
 
     async def _iter_json(
-        self, answer: _Answer, command: str
+        self, answer: Answer, command: str
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each newline-separated JSON object of a streamed answer."""
         pending = bytearray()
@@ -579,15 +545,15 @@ class KuboClient:
         except ValueError as exc:
             raise self._bad(command, "answered something that is not JSON") from exc
         if not isinstance(entry, dict):
-            raise self._bad(command, f"answered {_clip(repr(entry))}")
+            raise self._bad(command, f"answered {clip(repr(entry))}")
         if entry.get("Type") == "error" and "Message" in entry:
-            message = _clip(str(entry["Message"]))
+            message = clip(str(entry["Message"]))
             raise NodeResponseError(
                 f"{self._base}: {command}: {message}", node_message=message
             )
         return entry
 
-    async def _read(self, answer: _Answer, limit: int, command: str) -> bytes:
+    async def _read(self, answer: Answer, limit: int, command: str) -> bytes:
         """Read a whole body, refusing one longer than ``limit`` bytes."""
         data = bytearray()
         async for chunk in answer.response.aiter_bytes():
@@ -598,7 +564,7 @@ class KuboClient:
         return bytes(data)
 
     async def _status_error(
-        self, command: str, response: httpx.Response, deadline: _AnswerDeadline
+        self, command: str, response: httpx.Response, deadline: AnswerDeadline
     ) -> NodeResponseError:
         body = bytearray()
         async for chunk in response.aiter_bytes():
@@ -606,7 +572,7 @@ class KuboClient:
             body += chunk
             if len(body) >= _MAX_ERROR_BODY:
                 break
-        message = _error_message(bytes(body[:_MAX_ERROR_BODY]))
+        message = error_message(bytes(body[:_MAX_ERROR_BODY]))
         return NodeResponseError(
             f"{self._base}: {command}: HTTP {response.status_code}: {message}",
             status=response.status_code,
@@ -630,7 +596,7 @@ class KuboClient:
                 f"lost the connection to the IPFS node at {self._base} "
                 f"({command}): {exc}"
             )
-        return self._bad(command, f"{type(exc).__name__}: {_clip(str(exc))}")
+        return self._bad(command, f"{type(exc).__name__}: {clip(str(exc))}")
 
     def _bad(self, command: str, what: str) -> NodeResponseError:
         return NodeResponseError(f"{self._base}: {command} {what}")
@@ -641,7 +607,7 @@ class KuboClient:
                 return normalize_cid(value)
             except CidError:
                 pass
-        raise self._bad(command, f"answered a bad CID {_clip(repr(value))}")
+        raise self._bad(command, f"answered a bad CID {clip(repr(value))}")
 
     def _int(self, value: object, command: str) -> int:
         # Kubo writes sizes as JSON strings, the JS node as numbers.
@@ -653,7 +619,7 @@ class KuboClient:
             else:
                 if number >= 0:
                     return number
-        raise self._bad(command, f"answered the size {_clip(repr(value))}")
+        raise self._bad(command, f"answered the size {clip(repr(value))}")
 
 
 def _api_base(api: str) -> str:
@@ -675,41 +641,3 @@ def _is_not_pinned(exc: NodeResponseError) -> bool:
     # Kubo: "not pinned or pinned indirectly", "path '...' is not pinned";
     # the JS node: "... is not pinned".
     return exc.status is not None and "not pinned" in exc.node_message
-
-
-def _multipart_frame(boundary: str) -> tuple[bytes, bytes]:
-    # A neutral filename: local names stay on this machine. Both kinds of node
-    # need a filename and a Content-Type on the part to take it as file data.
-    head = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="data"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode("ascii")
-    return head, f"\r\n--{boundary}--\r\n".encode("ascii")
-
-
-async def _multipart_stream(
-    head: bytes, file: AsyncReader, tail: bytes, *, sent: Callable[[], None]
-) -> AsyncGenerator[bytes, None]:
-    yield head
-    while chunk := await file.read(_UPLOAD_CHUNK):
-        yield chunk
-    yield tail
-    # httpx asks for more only once the tail is written: the body is sent.
-    sent()
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("Message"), str):
-        return _clip(parsed["Message"])
-    return _clip(body.decode("utf-8", "replace").strip())
-
-
-def _clip(text: str) -> str:
-    if len(text) <= _MAX_MESSAGE_CHARS:
-        return text
-    return text[:_MAX_MESSAGE_CHARS] + "..."
