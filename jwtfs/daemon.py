@@ -194,12 +194,33 @@ def _record_path(mountpoint: Path) -> Path:
     return runtime_dir() / f"mount-{digest}.json"
 
 
+@dataclass(frozen=True)
+class MountRecord:
+    """What a running daemon wrote about itself in the runtime directory.
+
+    ``ipfs_api`` is the node it pins to (None: none), after ``IPFS_API`` and
+    ``--ipfs-api``, so ``status`` and ``flush`` ask the node it really uses;
+    ``api_recorded`` is False for a record that does not say (written by an
+    older jwtfs). The ``Authorization`` value is never recorded.
+    ``started_ns`` tells the daemon's own observations from older ones.
+    """
+
+    pid: int
+    mountpoint: Path
+    data_dir: Path
+    ipfs_api: str | None
+    api_recorded: bool
+    started_ns: int
+
+
 def _write_record(request: MountRequest) -> Path:
     path = _record_path(request.mountpoint)
     record = {
         "pid": os.getpid(),
         "mountpoint": str(request.mountpoint),
         "data_dir": str(request.config.data_dir),
+        "ipfs_api": request.config.ipfs.api,
+        "started_ns": time.time_ns(),
     }
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -212,6 +233,23 @@ def _write_record(request: MountRequest) -> Path:
     return path
 
 
+def _parse_record(record: object) -> MountRecord | None:
+    if not isinstance(record, dict):
+        return None
+    pid, mountpoint = record.get("pid"), record.get("mountpoint")
+    data_dir, api = record.get("data_dir"), record.get("ipfs_api")
+    started = record.get("started_ns", 0)
+    if not isinstance(pid, int) or not isinstance(mountpoint, str):
+        return None
+    if not isinstance(data_dir, str) or not isinstance(started, int):
+        return None
+    if api is not None and not isinstance(api, str):
+        return None
+    return MountRecord(
+        pid, Path(mountpoint), Path(data_dir), api, "ipfs_api" in record, started
+    )
+
+
 def read_record(mountpoint: Path) -> dict[str, object] | None:
     try:
         record = json.loads(_record_path(mountpoint.absolute()).read_text())
@@ -220,58 +258,65 @@ def read_record(mountpoint: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) else None
 
 
-def _live_records(config: Config) -> list[dict[str, object]]:
+def running_mounts(config: Config) -> list[MountRecord]:
+    """The records of live daemons serving this vault."""
     records = []
     for path in runtime_dir().glob("mount-*.json"):
         try:
-            record = json.loads(path.read_text())
+            record = _parse_record(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-        if not isinstance(record, dict):
+        if record is None or record.data_dir != config.data_dir:
             continue
-        pid = record.get("pid")
-        same_vault = record.get("data_dir") == str(config.data_dir)
-        if same_vault and isinstance(pid, int) and _alive(pid):
+        if _alive(record.pid):
             records.append(record)
     return records
 
 
-def running_daemons(config: Config) -> list[int]:
-    """PIDs of live daemons serving this vault."""
-    return [int(str(r["pid"])) for r in _live_records(config)]
-
-
 def running_mountpoints(config: Config) -> list[Path]:
     """Where this vault is mounted now."""
-    return [Path(str(r["mountpoint"])) for r in _live_records(config)]
+    return [record.mountpoint for record in running_mounts(config)]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What ``flush`` waits for, as the process that pushes last saw it."""
+
+    versions: int
+    bytes: int
+    # Since when (ns) the node has not been reached, or None: it answered, or
+    # it was not tried yet.
+    unreachable_since_ns: int | None = None
 
 
 def flush_backlog(
     config: Config,
     *,
+    mount: MountRecord | None,
     wait: bool,
     timeout: float,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[Backlog], None] | None = None,
 ) -> int:
     """Push queued versions now; return how many are still waiting.
 
-    A running daemon is asked to push (SIGUSR1); without one, the versions
-    are pushed by this process. With ``wait``, return once nothing is queued
-    or ``timeout`` seconds (0: no limit) have passed.
+    The daemon of ``mount`` is asked to push (SIGUSR1) and watched; without
+    one, the versions are pushed by this process, to ``config``'s node. With
+    ``wait``, return once nothing is queued or ``timeout`` seconds (0: no
+    limit) have passed.
 
     Raises:
-        ConfigError: no node is configured.
+        ConfigError: without ``mount``, no node is configured, or the vault
+            was mounted meanwhile.
+        JwtfsError: the daemon stopped before nothing was queued.
     """
+    if mount is not None:
+        # Queued here, so the wait counts them before the daemon looks.
+        _requeue_failed(config)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(mount.pid, signal.SIGUSR1)
+        return _wait_for_daemon(config, mount, wait, timeout, progress)
     if config.ipfs.api is None:
-        raise ConfigError(
-            f"{config.path}: no IPFS node configured; set ipfs.api, IPFS_API or "
-            "pass --ipfs-api URL"
-        )
-    pids = running_daemons(config)
-    for pid in pids:
-        os.kill(pid, signal.SIGUSR1)
-    if pids:
-        return _wait_for_backlog(config, wait, timeout, progress)
+        raise ConfigError(f"{config.path}: no IPFS node configured to push to")
     with vault_lock(config):
         key = open_master_key(config.master_key_file)
         vault = Vault(vault_paths(config), key, retention=config.retention)
@@ -282,25 +327,58 @@ def flush_backlog(
             vault.close()
 
 
-def _wait_for_backlog(
+def count_failed(config: Config) -> int:
+    """Versions the pin queue has marked failed."""
+    index = Index(config.index_file, readonly=True)
+    try:
+        return len(index.failed_versions())
+    finally:
+        index.close()
+
+
+def _requeue_failed(config: Config) -> None:
+    index = Index(config.index_file)
+    try:
+        index.requeue_failed()
+    finally:
+        index.close()
+
+
+def _backlog(index: Index, since_ns: int) -> Backlog:
+    """The backlog, and the node's state if recorded at ``since_ns`` or later
+    (an older record is another process's, about a node it may not share)."""
+    versions, size = index.pending_pins()
+    state, since = index.meta("node_state"), index.meta("node_since")
+    if state == "unreachable" and since is not None and int(since) >= since_ns:
+        return Backlog(versions, size, int(since))
+    return Backlog(versions, size)
+
+
+def _wait_for_daemon(
     config: Config,
+    mount: MountRecord,
     wait: bool,
     timeout: float,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[Backlog], None] | None,
 ) -> int:
     deadline = time.monotonic() + timeout if timeout > 0 else None
     while True:
         index = Index(config.index_file, readonly=True)
         try:
-            files, size = index.pending_pins()
+            backlog = _backlog(index, mount.started_ns)
         finally:
             index.close()
         if progress is not None:
-            progress(files, size)
-        if not wait or files == 0:
-            return files
+            progress(backlog)
+        if not wait or backlog.versions == 0:
+            return backlog.versions
         if deadline is not None and time.monotonic() > deadline:
-            return files
+            return backlog.versions
+        if not _alive(mount.pid):
+            raise JwtfsError(
+                f"{mount.mountpoint}: its daemon stopped before the backlog was "
+                "pinned; mount it again to push the rest"
+            )
         time.sleep(0.2)
 
 
@@ -309,23 +387,25 @@ async def _push_here(
     config: Config,
     wait: bool,
     timeout: float,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[Backlog], None] | None,
 ) -> int:
+    started_ns = time.time_ns()
     client = pin_client(config)
     assert client is not None
     async with client:
         queue = PinQueue(vault, client)
         vault.index.requeue_interrupted()
         vault.index.queue_local_versions()
+        vault.index.requeue_failed()
         vault.index.reset_retry_times()
         with trio.move_on_after(timeout if timeout > 0 else math.inf):
             while True:
                 await queue.drain()
                 await queue.unpin_released()
-                files, size = vault.index.pending_pins()
+                backlog = _backlog(vault.index, started_ns)
                 if progress is not None:
-                    progress(files, size)
-                if files == 0 or not wait:
+                    progress(backlog)
+                if backlog.versions == 0 or not wait:
                     break
                 await trio.sleep(UNREACHABLE_RETRY_SECONDS)
     return vault.index.pending_pins()[0]
@@ -496,8 +576,10 @@ async def _report_status(vault: Vault) -> None:
     """Tell systemd how large the pin backlog is (``systemctl status`` shows it)."""
     while True:
         await trio.sleep(STATUS_SECONDS)
-        files, size = vault.index.backlog()
-        state = "no backlog" if not files else f"{files} files ({size} bytes) to pin"
+        versions, size = vault.index.pending_pins()
+        state = (
+            f"{versions} versions ({size} bytes) to pin" if versions else "no backlog"
+        )
         _notify_systemd(f"STATUS=serving; {state}")
 
 

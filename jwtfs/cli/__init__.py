@@ -126,9 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_seconds,
         default=0,
-        help="give up after seconds (0: never)",
+        metavar="SECONDS",
+        help="give up after this many seconds (default 0: no limit)",
     )
-    p_flush.add_argument("mountpoint", nargs="?", type=Path)
+    p_flush.add_argument(
+        "mountpoint", nargs="?", type=Path, help="the vault's mount (default: any)"
+    )
     p_flush.set_defaults(func=flush)
 
     p_export = commands.add_parser(
@@ -167,7 +170,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p_status = commands.add_parser("status", help="the vault, its store and its node")
     p_status.add_argument("--json", action="store_true")
-    p_status.add_argument("mountpoint", nargs="?", type=Path)
+    p_status.add_argument(
+        "mountpoint", nargs="?", type=Path, help="the vault's mount (default: any)"
+    )
     p_status.set_defaults(func=status)
 
     p_fsck = commands.add_parser("fsck", help="check the unmounted vault and repair")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -11,11 +13,14 @@ import trio
 
 from jwtfs.blocks.cid import Cid, normalize_cid
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
-from jwtfs.cli.reports import human_size
+from jwtfs.cli.reports import human_size, iso, plural
+from jwtfs.cli.targets import find_target
 from jwtfs.config import load_config, with_environment
 from jwtfs.crypto.wrapping import open_master_key
 from jwtfs.daemon import (
+    Backlog,
     check_mount_request,
+    count_failed,
     flush_backlog,
     pin_client,
     read_key_from,
@@ -65,26 +70,75 @@ def umount(args: argparse.Namespace) -> int:
 
 
 def flush(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.timeout) or args.timeout < 0:
+        raise ConfigError(
+            f"--timeout {args.timeout:g}: give the seconds to wait, or 0 for no limit"
+        )
     config = with_environment(load_config())
-    show = sys.stderr.isatty()
-
-    def progress(files: int, size: int) -> None:
-        if show:
-            print(
-                f"\r{files} files ({human_size(size)}) to pin   ",
-                end="",
-                file=sys.stderr,
-            )
-
+    target = find_target(config, args.mountpoint)
+    if target.api is None:
+        raise ConfigError(
+            f"{target.why_no_node()}, so nothing is pinned; {target.how_to_add_node()}"
+        )
+    # Without a daemon this process pushes, and its pin queue would log the
+    # node's state as well; the progress lines tell it already.
+    logging.getLogger("jwtfs.vault.pins").setLevel(logging.ERROR)
+    progress = _FlushProgress(target.api, wait=args.wait)
     left = flush_backlog(
-        config, wait=args.wait, timeout=args.timeout, progress=progress
+        config,
+        mount=target.mount,
+        wait=args.wait,
+        timeout=args.timeout,
+        progress=progress,
     )
-    if show:
-        print(file=sys.stderr)
+    progress.end()
     if args.wait and left:
-        print(f"jwtfs: {left} versions still wait to be pinned", file=sys.stderr)
+        verb = "waits" if left == 1 else "wait"
+        print(
+            f"jwtfs: {plural(left, 'version')} still {verb} to be pinned",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if args.wait and (failed := count_failed(config)):
+        print(
+            f"jwtfs: {plural(failed, 'version')} could not be pinned; "
+            "'jwtfs status' says why",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK
+
+
+class _FlushProgress:
+    """What ``flush`` is waiting for: a line kept up to date on a terminal;
+    elsewhere one line each time it starts waiting on an unreachable node."""
+
+    def __init__(self, api: str, *, wait: bool) -> None:
+        self.api = api
+        self.wait = wait
+        self.terminal = sys.stderr.isatty()
+        self._told: int | None = None
+
+    def __call__(self, backlog: Backlog) -> None:
+        since = backlog.unreachable_since_ns
+        node = ""
+        if since is not None:
+            node = f"; the IPFS node at {self.api} is unreachable since {iso(since)}"
+        versions = plural(backlog.versions, "version")
+        if self.terminal:
+            line = f"{versions} ({human_size(backlog.bytes)}) to pin{node}"
+            print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+        elif self.wait and backlog.versions and since not in (None, self._told):
+            self._told = since
+            print(
+                f"jwtfs: waiting for {versions} to be pinned{node}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def end(self) -> None:
+        if self.terminal:
+            print(file=sys.stderr)
 
 
 def recover(args: argparse.Namespace) -> int:

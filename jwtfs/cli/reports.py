@@ -15,9 +15,10 @@ from jwtfs.blocks.car import write_car
 from jwtfs.blocks.cid import Cid
 from jwtfs.blocks.store import BlockStore
 from jwtfs.cli.codes import EXIT_OK
+from jwtfs.cli.targets import Target, find_target
 from jwtfs.config import Config, load_config, with_environment
 from jwtfs.errors import ConfigError, JwtfsError, RemoteError
-from jwtfs.remote.kubo import KuboClient
+from jwtfs.remote.kubo import KuboClient, NodeTimeoutError, NodeUnreachableError
 from jwtfs.vault.fetch import RemoteReader
 from jwtfs.vault.index import Index
 
@@ -48,6 +49,11 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 version``, ``2 versions``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _open_index(config: Config) -> Index:
@@ -98,70 +104,94 @@ def db_missing(config: Config, path: bytes) -> bool:
         db.close()
 
 
-async def _probe(config: Config) -> tuple[bool, str]:
-    assert config.ipfs.api is not None
-    try:
-        async with KuboClient(
-            config.ipfs.api,
-            authorization=config.ipfs.authorization,
-            timeout=PROBE_SECONDS,
-        ) as client:
-            return True, await client.version()
-    except RemoteError as err:
-        return False, str(err)
+async def _probe(api: str, authorization: str | None) -> tuple[str, str]:
+    """How the node answers, in ``PROBE_SECONDS`` all told: (state, detail)."""
+    with trio.move_on_after(PROBE_SECONDS):
+        try:
+            async with KuboClient(
+                api, authorization=authorization, timeout=PROBE_SECONDS
+            ) as client:
+                return "reachable", await client.version()
+        except NodeUnreachableError as err:
+            return "unreachable", str(err)
+        except NodeTimeoutError as err:
+            return "not answering", str(err)
+        except RemoteError as err:
+            return "answering with an error", str(err)
+    return "not answering", f"no answer within {PROBE_SECONDS:g} s"
 
 
-def _collect(config: Config) -> dict[str, Any]:
+def _collect(target: Target) -> dict[str, Any]:
+    config = target.config
     db = _open_index(config)
     try:
-        counts = db.version_counts()
-        files, size = db.backlog()
+        versions, size = db.pending_pins()
         report: dict[str, Any] = {
             "vault_id": db.meta("vault_id"),
             "config": str(config.path),
             "data_dir": str(config.data_dir),
             "inodes": db.count_inodes(),
             "index_integrity": db.integrity_check(),
-            "states": counts,
-            "backlog": {"files": files, "bytes": size},
+            "states": db.version_counts(),
+            "backlog": {"versions": versions, "bytes": size},
             "failed": [
                 {"cid": v.cid, "reason": v.reason} for v in db.failed_versions()
             ],
         }
-        node_state, node_since = db.meta("node_state"), db.meta("node_since")
-        snapshot_cid, snapshot_ns = db.meta("snapshot_cid"), db.meta("snapshot_ns")
+        meta = {
+            key: db.meta(key)
+            for key in ("node_state", "node_since", "snapshot_cid", "snapshot_ns")
+        }
+        # Whether anything may have been sent: a node was ever tried (its state
+        # is recorded then), a version is on one, or a snapshot was pinned.
+        report["left_machine"] = bool(
+            db.pushed_versions() or meta["snapshot_cid"] or meta["node_state"]
+        )
     finally:
         db.close()
     usage = BlockStore(config.store_dir).usage()
     report["store"] = {"streams": usage.streams, "bytes": usage.bytes}
-    pushed = sum(n for state, n in counts.items() if state in ("pinned", "pinning"))
-    report["left_machine"] = pushed > 0
-    node: dict[str, Any] = {"api": config.ipfs.api}
-    if config.ipfs.api is not None:
-        reachable, detail = trio.run(_probe, config)
-        node.update(reachable=reachable, detail=detail)
-        if node_state is not None and node_since is not None:
-            node["last_seen_state"] = node_state
-            node["since"] = _iso(int(node_since))
-    report["node"] = node
+    mount = target.mount
+    report["mount"] = mount and {"mountpoint": str(mount.mountpoint), "pid": mount.pid}
+    report["node"] = _node_report(target, meta["node_state"], meta["node_since"])
     report["snapshot"] = None
-    if snapshot_cid and snapshot_ns:
-        age = max(0.0, (time.time_ns() - int(snapshot_ns)) / 1e9)
+    if meta["snapshot_cid"] and meta["snapshot_ns"]:
+        taken = int(meta["snapshot_ns"])
         report["snapshot"] = {
-            "cid": snapshot_cid,
-            "taken": _iso(int(snapshot_ns)),
-            "age_seconds": round(age),
+            "cid": meta["snapshot_cid"],
+            "taken": iso(taken),
+            "age_seconds": round(max(0.0, (time.time_ns() - taken) / 1e9)),
         }
     return report
 
 
-def _iso(ns: int) -> str:
+def _node_report(
+    target: Target, state: str | None, since: str | None
+) -> dict[str, Any]:
+    """The node in use, probed, and how the running daemon last found it."""
+    node: dict[str, Any] = {"api": target.api, "source": target.api_source()}
+    if target.api is None:
+        node["why_none"] = target.why_no_node()
+        return node
+    authorization = target.config.ipfs.authorization
+    answer, detail = trio.run(_probe, target.api, authorization)
+    node.update(reachable=answer == "reachable", answer=answer, detail=detail)
+    # The running daemon's own finding only: an older one may be of another node.
+    mount = target.mount
+    if mount is not None and state and since and int(since) >= mount.started_ns:
+        node["last_seen_state"] = state
+        node["since"] = iso(int(since))
+    return node
+
+
+def iso(ns: int) -> str:
+    """A time in UTC to the second, as ``status`` and ``flush`` show times."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
 
 
 def status(args: argparse.Namespace) -> int:
     config = with_environment(load_config())
-    report = _collect(config)
+    report = _collect(find_target(config, args.mountpoint))
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -170,6 +200,9 @@ def status(args: argparse.Namespace) -> int:
     print(f"vault      {report['vault_id']}")
     print(f"config     {report['config']}")
     print(f"data       {report['data_dir']}")
+    if report["mount"] is not None:
+        mount = report["mount"]
+        print(f"mount      {mount['mountpoint']} (daemon {mount['pid']})")
     print(
         f"files      {stored} stored, {report['inodes']} inodes in the index "
         f"({report['index_integrity']})"
@@ -182,32 +215,43 @@ def status(args: argparse.Namespace) -> int:
         "states     "
         + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "-")
     )
+    _print_node(report)
+    for failed in report["failed"]:
+        print(f"failed     {failed['cid']}: {failed['reason']}")
+    if not report["left_machine"]:
+        print(
+            "network    nothing has left this machine: no version and no index "
+            "snapshot was sent to a node"
+        )
+    return EXIT_OK
+
+
+def _print_node(report: dict[str, Any]) -> None:
     node = report["node"]
     if node["api"] is None:
-        print("node       none configured (ipfs.api is empty)")
+        print(f"node       none ({node['why_none']})")
+        return
+    answer = node["answer"]
+    if answer == "reachable":
+        answer += f" (version {node['detail']})"
     else:
-        answer = "reachable" if node["reachable"] else f"unreachable ({node['detail']})"
-        since = (
-            f", {node['last_seen_state']} since {node['since']}"
-            if "since" in node
-            else ""
-        )
-        print(f"node       {node['api']}: {answer}{since}")
-        backlog = report["backlog"]
-        print(f"backlog    {backlog['files']} files, {human_size(backlog['bytes'])}")
+        answer += f" ({node['detail']})"
+    seen = ""
+    if "since" in node:
+        state, since = node["last_seen_state"], node["since"]
+        seen = f"; the daemon has found it {state} since {since}"
+    print(f"node       {node['api']} (from {node['source']}): {answer}{seen}")
+    backlog = report["backlog"]
+    versions = plural(backlog["versions"], "version")
+    print(f"backlog    {versions} ({human_size(backlog['bytes'])}) to pin")
     snapshot = report["snapshot"]
     if snapshot is not None:
         print(
             f"snapshot   {snapshot['cid']} ({snapshot['age_seconds']} s old); "
             "recover with 'jwtfs recover CID'"
         )
-    elif node["api"] is not None:
+    else:
         print("snapshot   none pinned yet")
-    for failed in report["failed"]:
-        print(f"failed     {failed['cid']}: {failed['reason']}")
-    if not report["left_machine"]:
-        print("network    nothing has left this machine: every version is local only")
-    return EXIT_OK
 
 
 async def _restore_evicted(config: Config, store: BlockStore, cid: Cid) -> None:

@@ -21,11 +21,18 @@ an ``X-Stream-Error`` HTTP trailer, which httpx does not expose. Such an answer
 looks complete but short, so every streamed result is checked for its
 expected length, entries or hash instead.
 
-Errors, all under ``RemoteError`` and chained to the httpx exception:
+Once a request is sent, the node must bring its answer on by a whole JSON
+entry or ``PROGRESS_BYTES`` within every ``timeout`` seconds
+(``wire.AnswerDeadline``), so one that trickles cannot hold a request
+forever; a progress stream (``pin/add``, ``repo/gc``) may last as long as it
+advances.
+
+Errors, all under ``RemoteError`` and chained to the httpx exception if any:
 
     RemoteError
     ├── NodeUnreachableError  no connection could be made, or it was lost
-    ├── NodeTimeoutError      connected, but the node did not answer in time
+    ├── NodeTimeoutError      connected, but the node did not answer in time,
+    │                         or its answer stopped advancing
     └── NodeResponseError     HTTP status >= 400, or an answer that makes no sense
 
 ``block_get`` and ``stream_size`` raise ``IntegrityError`` for a block that
@@ -42,7 +49,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import httpx
 import trio
@@ -59,6 +66,16 @@ from jwtfs.blocks.cid import (
 )
 from jwtfs.blocks.unixfs import CHUNK_SIZE, decode_node
 from jwtfs.errors import ConfigError, RemoteError
+from jwtfs.remote.wire import (
+    PROGRESS_BYTES,
+    Answer,
+    AnswerDeadline,
+    AsyncReader,
+    clip,
+    error_message,
+    multipart_frame,
+    multipart_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +88,9 @@ _MAX_BLOCK_GET = 4 * 1024 * 1024
 # pin/ls answers with one JSON object holding every pin: about 100 bytes each.
 _MAX_JSON_LINE = 64 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
-_MAX_MESSAGE_CHARS = 200
-_UPLOAD_CHUNK = 1024 * 1024
 # Sent rather than left to the node's default, which Kubo's Import config can
 # change; the local CID is computed with this chunker.
 _CHUNKER = f"size-{CHUNK_SIZE}"
-
-
-class AsyncReader(Protocol):
-    """What ``add_reader`` reads: up to ``size`` bytes a call, b"" at the end."""
-
-    async def read(self, size: int = -1, /) -> bytes: ...
 
 
 # What a request carries as its one multipart file part.
@@ -117,9 +126,10 @@ class KuboClient:
     Use as ``async with KuboClient(url) as client:`` or call ``aclose``.
     ``authorization`` is sent as the ``Authorization`` header (Kubo's
     ``API.Authorizations``, a Cluster proxy's basic auth). ``timeout`` bounds
-    each read and write; connecting is bounded by ``CONNECT_TIMEOUT``. Every
-    method that takes a CID raises ``CidError`` (a ``ValueError``) before
-    sending anything when it is not one.
+    each read and write, and each stretch of an answer that brings less than a
+    JSON entry or ``PROGRESS_BYTES``; connecting is bounded by
+    ``CONNECT_TIMEOUT``. Every method that takes a CID raises ``CidError`` (a
+    ``ValueError``) before sending anything when it is not one.
     """
 
     def __init__(
@@ -139,6 +149,7 @@ class KuboClient:
         if not timeout > 0:
             raise ConfigError(f"IPFS API timeout must be positive, got {timeout}")
         self._base = _api_base(api)
+        self._seconds = timeout
         self._timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         self._client = httpx.AsyncClient(
             base_url=self._base + "/api/v0/",
@@ -249,7 +260,7 @@ class KuboClient:
         for entry in await self._json_lines("pin/add", params):
             value = entry.get("Pins", [])
             if not isinstance(value, list):
-                raise self._bad("pin/add", f"answered {_clip(repr(entry))}")
+                raise self._bad("pin/add", f"answered {clip(repr(entry))}")
             pins.update(self._cid(item, "pin/add") for item in value)
         if arg not in pins:
             raise self._bad("pin/add", f"did not confirm {arg}")
@@ -346,8 +357,8 @@ class KuboClient:
             return b""
         want = min(length, size - offset)
         params = {"arg": arg, "offset": str(offset), "length": str(want)}
-        async with self._stream("cat", params) as response:
-            data = await self._read(response, want, "cat")
+        async with self._stream("cat", params) as answer:
+            data = await self._read(answer, want, "cat")
         if len(data) != want:
             raise self._bad("cat", f"gave {len(data)} of {want} bytes of {arg}")
         return data
@@ -364,8 +375,8 @@ class KuboClient:
                 block) or a block over 4 MiB.
         """
         arg = normalize_cid(cid)
-        async with self._stream("block/get", {"arg": arg}) as response:
-            data = await self._read(response, _MAX_BLOCK_GET, "block/get")
+        async with self._stream("block/get", {"arg": arg}) as answer:
+            data = await self._read(answer, _MAX_BLOCK_GET, "block/get")
         verify_block(arg, data)
         return data
 
@@ -404,12 +415,12 @@ class KuboClient:
         # errors are streamed as entries.
         params = {"stream-errors": "true"}
         async with (
-            self._stream("repo/gc", params) as response,
-            aclosing(self._iter_json(response, "repo/gc")) as entries,
+            self._stream("repo/gc", params) as answer,
+            aclosing(self._iter_json(answer, "repo/gc")) as entries,
         ):
             async for entry in entries:
                 if entry.get("Error"):
-                    raise self._bad("repo/gc", _clip(str(entry["Error"])))
+                    raise self._bad("repo/gc", clip(str(entry["Error"])))
 
     async def dag_import(self, car: Path) -> list[Cid]:
         """Import a CARv1 file and pin its roots; return the roots.
@@ -432,47 +443,66 @@ class KuboClient:
 
     def _import_root(self, root: object) -> Cid:
         if not isinstance(root, dict) or not isinstance(root.get("Cid"), dict):
-            raise self._bad("dag/import", f"answered root {_clip(repr(root))}")
+            raise self._bad("dag/import", f"answered root {clip(repr(root))}")
         cid = self._cid(root["Cid"].get("/"), "dag/import")
         if root.get("PinErrorMsg"):
-            message = _clip(str(root["PinErrorMsg"]))
+            message = clip(str(root["PinErrorMsg"]))
             raise self._bad("dag/import", f"could not pin {cid}: {message}")
         return cid
 
     @asynccontextmanager
     async def _stream(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
-    ) -> AsyncIterator[httpx.Response]:
-        """Send one request and yield its response once the status is fine.
+    ) -> AsyncIterator[Answer]:
+        """Send one request and yield its answer once the status is fine.
 
         ``part`` becomes the one file part of a multipart body. httpx errors
-        raised while the caller reads the body are translated too.
+        raised while the caller reads the body are translated too, and an
+        answer that stops advancing (``AnswerDeadline``) ends in
+        ``NodeTimeoutError``.
         """
         boundary = secrets.token_hex(16)
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        head, tail = _multipart_frame(boundary)
+        head, tail = multipart_frame(boundary)
+        deadline = AnswerDeadline(self._seconds)
         body: bytes | AsyncGenerator[bytes, None] | None = None
-        if isinstance(part, bytes):
-            body = head + part + tail
-        elif part is not None:
-            body = _multipart_stream(head, part, tail)
+        if isinstance(part, bytes) or part is None:
+            # Small enough to be sent at once: the clock runs from the start.
+            body = None if part is None else head + part + tail
+            deadline.restart()
+        else:
+            body = multipart_stream(head, part, tail, sent=deadline.restart)
         try:
-            async with self._client.stream(
-                "POST",
-                command,
-                params=params,
-                content=body,
-                headers=headers if part is not None else None,
-                timeout=self._timeout,
-            ) as response:
-                if response.status_code >= 400:
-                    raise await self._status_error(command, response)
-                yield response
+            with deadline.scope:
+                async with self._client.stream(
+                    "POST",
+                    command,
+                    params=params,
+                    content=body,
+                    headers=headers if part is not None else None,
+                    timeout=self._timeout,
+                ) as response:
+                    # A node may answer before it has read the whole body.
+                    deadline.answered = True
+                    deadline.restart()
+                    if response.status_code >= 400:
+                        raise await self._status_error(command, response, deadline)
+                    yield Answer(response, deadline)
         except httpx.HTTPError as exc:
             raise self._translate(exc, command) from exc
         finally:
             if isinstance(body, AsyncGenerator):
                 await body.aclose()
+        if deadline.scope.cancelled_caught and not deadline.answered:
+            raise NodeTimeoutError(
+                f"the IPFS node at {self._base} did not answer {command} "
+                f"within {deadline.seconds:g} s"
+            )
+        if deadline.scope.cancelled_caught:
+            raise NodeTimeoutError(
+                f"the IPFS node at {self._base} answered {command} too slowly: "
+                f"less than {PROGRESS_BYTES // 1024} KiB in {deadline.seconds:g} s"
+            )
 
     async def _json(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
@@ -485,19 +515,21 @@ class KuboClient:
     async def _json_lines(
         self, command: str, params: Mapping[str, str], *, part: _Part = None
     ) -> list[dict[str, Any]]:
-        async with self._stream(command, params, part=part) as response:
-            return [entry async for entry in self._iter_json(response, command)]
+        async with self._stream(command, params, part=part) as answer:
+            return [entry async for entry in self._iter_json(answer, command)]
 
     async def _iter_json(
-        self, response: httpx.Response, command: str
+        self, answer: Answer, command: str
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield each newline-separated JSON object of a streamed answer."""
         pending = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in answer.response.aiter_bytes():
+            answer.deadline.received(len(chunk))
             start = 0
             while (end := chunk.find(b"\n", start)) >= 0:
                 pending += chunk[start:end]
                 if pending.strip():
+                    answer.deadline.restart()
                     yield self._parse_entry(pending, command)
                 pending.clear()
                 start = end + 1
@@ -513,32 +545,34 @@ class KuboClient:
         except ValueError as exc:
             raise self._bad(command, "answered something that is not JSON") from exc
         if not isinstance(entry, dict):
-            raise self._bad(command, f"answered {_clip(repr(entry))}")
+            raise self._bad(command, f"answered {clip(repr(entry))}")
         if entry.get("Type") == "error" and "Message" in entry:
-            message = _clip(str(entry["Message"]))
+            message = clip(str(entry["Message"]))
             raise NodeResponseError(
                 f"{self._base}: {command}: {message}", node_message=message
             )
         return entry
 
-    async def _read(self, response: httpx.Response, limit: int, command: str) -> bytes:
+    async def _read(self, answer: Answer, limit: int, command: str) -> bytes:
         """Read a whole body, refusing one longer than ``limit`` bytes."""
         data = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in answer.response.aiter_bytes():
+            answer.deadline.received(len(chunk))
             data += chunk
             if len(data) > limit:
                 raise self._bad(command, f"answered more than {limit} bytes")
         return bytes(data)
 
     async def _status_error(
-        self, command: str, response: httpx.Response
+        self, command: str, response: httpx.Response, deadline: AnswerDeadline
     ) -> NodeResponseError:
         body = bytearray()
         async for chunk in response.aiter_bytes():
+            deadline.received(len(chunk))
             body += chunk
             if len(body) >= _MAX_ERROR_BODY:
                 break
-        message = _error_message(bytes(body[:_MAX_ERROR_BODY]))
+        message = error_message(bytes(body[:_MAX_ERROR_BODY]))
         return NodeResponseError(
             f"{self._base}: {command}: HTTP {response.status_code}: {message}",
             status=response.status_code,
@@ -555,14 +589,14 @@ class KuboClient:
         if isinstance(exc, httpx.TimeoutException):
             return NodeTimeoutError(
                 f"the IPFS node at {self._base} did not answer {command} "
-                f"within {self._timeout.read} s"
+                f"within {self._seconds:g} s"
             )
         if isinstance(exc, httpx.NetworkError):
             return NodeUnreachableError(
                 f"lost the connection to the IPFS node at {self._base} "
                 f"({command}): {exc}"
             )
-        return self._bad(command, f"{type(exc).__name__}: {_clip(str(exc))}")
+        return self._bad(command, f"{type(exc).__name__}: {clip(str(exc))}")
 
     def _bad(self, command: str, what: str) -> NodeResponseError:
         return NodeResponseError(f"{self._base}: {command} {what}")
@@ -573,7 +607,7 @@ class KuboClient:
                 return normalize_cid(value)
             except CidError:
                 pass
-        raise self._bad(command, f"answered a bad CID {_clip(repr(value))}")
+        raise self._bad(command, f"answered a bad CID {clip(repr(value))}")
 
     def _int(self, value: object, command: str) -> int:
         # Kubo writes sizes as JSON strings, the JS node as numbers.
@@ -585,7 +619,7 @@ class KuboClient:
             else:
                 if number >= 0:
                     return number
-        raise self._bad(command, f"answered the size {_clip(repr(value))}")
+        raise self._bad(command, f"answered the size {clip(repr(value))}")
 
 
 def _api_base(api: str) -> str:
@@ -607,44 +641,3 @@ def _is_not_pinned(exc: NodeResponseError) -> bool:
     # Kubo: "not pinned or pinned indirectly", "path '...' is not pinned";
     # the JS node: "... is not pinned".
     return exc.status is not None and "not pinned" in exc.node_message
-
-
-def _multipart_frame(boundary: str) -> tuple[bytes, bytes]:
-    # A neutral filename: local names stay on this machine. Both kinds of node
-    # need a filename and a Content-Type on the part to take it as file data.
-    head = (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="data"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode("ascii")
-    return head, f"\r\n--{boundary}--\r\n".encode("ascii")
-
-
-async def _multipart_stream(
-    head: bytes, file: AsyncReader, tail: bytes
-) -> AsyncGenerator[bytes, None]:
-    yield head
-    while chunk := await file.read(_UPLOAD_CHUNK):
-        yield chunk
-    yield tail
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("Message"), str):
-        return _clip(parsed["Message"])
-    return _clip(body.decode("utf-8", "replace").strip())
-
-
-def _clip(text: str) -> str:
-    """The node's words made safe for one log line: control characters
-    escaped, so a message cannot forge lines or move a terminal's cursor, and
-    cut short."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if len(text) <= _MAX_MESSAGE_CHARS:
-        return text
-    return text[:_MAX_MESSAGE_CHARS] + "..."

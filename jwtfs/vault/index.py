@@ -525,13 +525,20 @@ class Index:
             "UPDATE versions SET state='queued', next_try_ns=0 WHERE state='local'"
         ).rowcount
 
-    def backlog(self) -> tuple[int, int]:
-        """Files and stream bytes waiting to be pinned."""
+    def pushed_versions(self) -> int:
+        """Versions, superseded ones too, that were sent to a node: pinned,
+        being pushed, or pinned and waiting to be unpinned."""
         row = self._one(
-            "SELECT count(*), coalesce(sum(stored_size), 0) FROM versions "
-            "WHERE state IN ('queued', 'pinning') AND superseded_ns IS NULL"
+            "SELECT count(*) FROM versions "
+            "WHERE state IN ('pinned', 'pinning', 'unpin')"
         )
-        return int(row[0]), int(row[1])
+        return int(row[0])
+
+    def requeue_failed(self) -> int:
+        """Put every failed version back in the queue, due now (``flush``)."""
+        return self._write(
+            "UPDATE versions SET state='queued', next_try_ns=0 WHERE state='failed'"
+        ).rowcount
 
     def failed_versions(self) -> list[VersionRow]:
         rows = self._all(

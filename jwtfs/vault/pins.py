@@ -318,10 +318,10 @@ class PinQueue:
         if reachable:
             log.info("IPFS node reachable; pushing the backlog")
         else:
-            files, size = index.backlog()
+            versions, size = index.pending_pins()
             log.warning(
-                "IPFS node unreachable (%s); %d files (%d bytes) wait to be pinned",
+                "IPFS node unreachable (%s); %d versions (%d bytes) wait to be pinned",
                 reason,
-                files,
+                versions,
                 size,
             )

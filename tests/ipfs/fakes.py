@@ -1,8 +1,11 @@
 """Stand-ins for the IPFS node, all on loopback, for tests that need a bad one.
 
-``SilentNode`` accepts connections and never answers. ``TamperingProxy``
-forwards every request to a real node and flips one byte in each answer to
-``block/get``, or names wrong CIDs for ``add``, or answers it with errors.
+``SilentNode`` accepts connections and never answers; ``UnacceptingNode``
+never even completes one. ``TricklingNode`` reads each request and answers it
+a byte (or a line) at a time, slowly enough that no single read waits long.
+``TamperingProxy`` forwards every request to a real node and flips one byte in
+each answer to ``block/get``, or names wrong CIDs for ``add``, or answers it
+with errors.
 ``PrivateNode`` is a real node of the tests' own, started with
 ``scripts/ipfs-node`` like the session node but in its own state folder, so a
 test can stop and start it without disturbing the others.
@@ -20,9 +23,10 @@ import os
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 import pytest
@@ -99,12 +103,149 @@ class SilentNode:
             self.accepted += 1
 
 
+def _read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
+    """The whole body of the request ``handler`` is serving, chunked or not."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        parts: list[bytes] = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+
+
+# What a trickling node answers by default: valid JSON for ``version``, but
+# behind so much white space that no test waits for its end.
+TRICKLE_ANSWER = b" " * 4096 + b'{"Version": "trickle"}\n'
+
+
+class _TrickleHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _TrickleServer
+
+    def do_POST(self) -> None:
+        _read_body(self)
+        self.server.requests += 1
+        answer = self.server.answer
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(answer)}\r\n\r\n"
+        ).encode("ascii")
+        pieces = self._pieces(answer)
+        if self.server.head_at_once:
+            self.wfile.write(head)
+        else:
+            pieces = self._pieces(head + answer)
+        for piece in pieces:
+            if self.server.stop.wait(self.server.interval):
+                return
+            self.wfile.write(piece)
+
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
+        if self.server.step == "line":
+            yield from data.splitlines(keepends=True)
+        else:
+            yield from (data[i : i + 1] for i in range(len(data)))
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test output is for the test."""
+
+
+class _TrickleServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        interval: float,
+        head_at_once: bool,
+        answer: bytes,
+        step: Literal["byte", "line"],
+    ) -> None:
+        super().__init__(("127.0.0.1", 0), _TrickleHandler)
+        self.interval = interval
+        self.head_at_once = head_at_once
+        self.answer = answer
+        self.step = step
+        self.stop = threading.Event()
+        self.requests = 0
+
+
+class TricklingNode:
+    """A loopback server that reads each request whole and then answers it one
+    piece (``step``: a byte or a line) every ``interval`` seconds: the status
+    line and headers too, unless ``head_at_once``. Each read waits less than a
+    read timeout, yet a long ``answer`` takes minutes to end. ``requests``
+    counts the requests read, so a test can show the node was asked.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 2.0,
+        head_at_once: bool = False,
+        answer: bytes = TRICKLE_ANSWER,
+        step: Literal["byte", "line"] = "byte",
+    ) -> None:
+        self._server = _TrickleServer(interval, head_at_once, answer, step)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class UnacceptingNode:
+    """A loopback port where connecting hangs, as with a host that drops
+    packets: the listener never accepts, and its queue (room for one) is
+    filled at once, so the kernel ignores every further connection attempt.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def __enter__(self) -> Self:
+        self._filler.connect(("127.0.0.1", self.port))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._filler.close()
+        self._listener.close()
+
+
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _ProxyServer
 
     def do_POST(self) -> None:
-        body = self._body()
+        body = _read_body(self)
         if self.server.fail_adds and urlsplit(self.path).path.endswith("/add"):
             self._fail()
             return
@@ -148,19 +289,6 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(answer)
         self.server.tampered += 1
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: the test output is for the test."""

@@ -15,7 +15,7 @@ import pytest
 from jwtfs.blocks.cid import Cid
 from jwtfs.remote.kubo import KuboClient
 from tests.harness import VaultHarness
-from tests.ipfs.fakes import WRONG_CID, TamperingProxy
+from tests.ipfs.fakes import WRONG_CID, TamperingProxy, TricklingNode
 from tests.ipfs.test_pinning import index_of, poll, status_of
 
 pytestmark = pytest.mark.log_ok
@@ -67,6 +67,14 @@ async def test_flush_retries_a_version_the_node_named_wrongly(
         time.sleep(3)
         assert proxy.added.count(cid) == 1
 
+        # Asked again while the node still names it wrongly: flush says so.
+        again = h.jwtfs("flush", "--wait", "--timeout", "30", check=False)
+        assert again.returncode == 1
+        assert again.stderr.splitlines()[-1] == (
+            "jwtfs: 1 version could not be pinned; 'jwtfs status' says why"
+        )
+        assert proxy.added.count(cid) == 2
+
         proxy.add_cid = None
         h.wait_pinned()
         assert _state(h, "/f.txt") == "pinned"
@@ -76,3 +84,23 @@ async def test_flush_retries_a_version_the_node_named_wrongly(
     report = json.loads(h.jwtfs("status", "--json").stdout)
     assert report["failed"] == []
     assert WRONG_CID not in {str(c) for c in await kubo.pin_ls()}
+
+
+def test_a_node_that_trickles_its_answer_cannot_hold_the_queue(
+    fresh_vault: VaultHarness,
+) -> None:
+    h = fresh_vault
+    with TricklingNode(interval=0.5, head_at_once=True) as node:
+        h.set_config("ipfs", "api", node.url)
+        h.set_config("ipfs", "timeout", 2)
+        h.set_token(h.issue(read=("/**",), write=("/**",)))
+        h.mount()
+        (h.mnt / "f.txt").write_bytes(b"waits for a node that finishes\n")
+
+        def given_up() -> bool:
+            return any("add" in line for line in h.log_lines("WARNING"))
+
+        poll("the push given up", given_up, 30)
+        assert node.requests >= 1
+        assert _state(h, "/f.txt") in ("queued", "pinning")
+        h.umount()

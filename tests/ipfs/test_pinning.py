@@ -142,7 +142,7 @@ async def test_flushed_file_is_pinned_on_the_node_as_ciphertext(
     assert MARKER not in stored
     report = status_of(harness)
     assert report["states"] == {"pinned": 1}
-    assert report["backlog"] == {"files": 0, "bytes": 0}
+    assert report["backlog"] == {"versions": 0, "bytes": 0}
     assert report["left_machine"] is True
     assert report["node"]["reachable"] is True
     assert_quiet_log(harness)
@@ -193,7 +193,7 @@ async def test_writes_queue_while_the_node_is_down_and_pin_when_it_returns(
     report = wait_unreachable(harness)
     assert report["states"] == {"pinned": 1, "queued": 20}
     assert report["backlog"] == {
-        "files": 20,
+        "versions": 20,
         "bytes": sum(stream_length(len(d)) for d in files.values()),
     }
     assert report["node"]["reachable"] is False
@@ -228,7 +228,7 @@ async def test_the_queue_survives_a_daemon_restart_while_the_node_is_down(
 
     report = status_of(harness)
     assert report["states"] == {"queued": 20}
-    assert report["backlog"]["files"] == 20
+    assert report["backlog"]["versions"] == 20
     node.start()
     wait_all_pinned(harness, 20, timeout=30)
     cids = {Cid(row["cid"]) for row in index_of(harness).values()}

@@ -16,7 +16,7 @@ def _snapshot_cid(h: VaultHarness, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         report = json.loads(h.jwtfs("status", "--json").stdout)
-        if report["snapshot"] is not None and report["backlog"]["files"] == 0:
+        if report["snapshot"] is not None and report["backlog"]["versions"] == 0:
             return str(report["snapshot"]["cid"])
         time.sleep(0.5)
     raise AssertionError("no snapshot pinned")

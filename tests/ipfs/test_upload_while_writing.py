@@ -264,7 +264,7 @@ async def test_a_file_deleted_while_uploading_leaves_no_pin(
 
     new = (await pins_of(node)) - before_pins
     assert {p for p in new if cid_codec(p) != RAW} == set()
-    assert status_of(vault)["backlog"] == {"files": 0, "bytes": 0}
+    assert status_of(vault)["backlog"] == {"versions": 0, "bytes": 0}
     assert sorted(os.listdir(vault.mnt)) == ["after.txt"]
     assert_quiet_log(vault)
 
@@ -288,7 +288,7 @@ async def test_a_node_stopping_mid_upload_leaves_the_file_queued_until_it_return
         node.stop()
         writer.finish()
     report = status_of(vault)
-    assert report["backlog"]["files"] == 1
+    assert report["backlog"]["versions"] == 1
     node.start()
     await assert_ends_pinned(
         vault, node, path, data, before_pins, "IPFS node unreachable"
