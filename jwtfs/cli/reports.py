@@ -133,7 +133,11 @@ def _collect(target: Target) -> dict[str, Any]:
             "inodes": db.count_inodes(),
             "index_integrity": db.integrity_check(),
             "states": db.version_counts(),
-            "backlog": {"versions": versions, "bytes": size},
+            "backlog": {
+                "files": db.pending_files(),
+                "versions": versions,
+                "bytes": size,
+            },
             "failed": [
                 {"cid": v.cid, "reason": v.reason} for v in db.failed_versions()
             ],
@@ -242,8 +246,9 @@ def _print_node(report: dict[str, Any]) -> None:
         seen = f"; the daemon has found it {state} since {since}"
     print(f"node       {node['api']} (from {node['source']}): {answer}{seen}")
     backlog = report["backlog"]
+    files = plural(backlog["files"], "file")
     versions = plural(backlog["versions"], "version")
-    print(f"backlog    {versions} ({human_size(backlog['bytes'])}) to pin")
+    print(f"backlog    {files}, {versions} ({human_size(backlog['bytes'])}) to pin")
     snapshot = report["snapshot"]
     if snapshot is not None:
         print(

@@ -534,6 +534,14 @@ class Index:
         )
         return int(row[0])
 
+    def pending_files(self) -> int:
+        """Files with a version of any age still queued or being pushed."""
+        row = self._one(
+            "SELECT count(DISTINCT inode) FROM versions "
+            "WHERE state IN ('queued', 'pinning')"
+        )
+        return int(row[0])
+
     def requeue_failed(self) -> int:
         """Put every failed version back in the queue, due now (``flush``)."""
         return self._write(

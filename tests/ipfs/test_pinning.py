@@ -229,6 +229,7 @@ async def test_the_queue_survives_a_daemon_restart_while_the_node_is_down(
     report = status_of(harness)
     assert report["states"] == {"queued": 20}
     assert report["backlog"]["versions"] == 20
+    assert report["backlog"]["files"] == 20
     node.start()
     wait_all_pinned(harness, 20, timeout=30)
     cids = {Cid(row["cid"]) for row in index_of(harness).values()}

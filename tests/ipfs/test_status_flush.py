@@ -196,8 +196,12 @@ def test_flush_waiting_on_an_unreachable_node_says_so_and_counts_versions(
         harness.cleanup()
     here, _ = timed(harness, "flush", "--wait", "--timeout", "4")
 
-    assert backlog == {"versions": 2, "bytes": (32 + 6 + 28) + (32 + 7 + 28)}
-    assert backlog_line == "backlog    2 versions (133 B) to pin"
+    assert backlog == {
+        "files": 1,
+        "versions": 2,
+        "bytes": (32 + 6 + 28) + (32 + 7 + 28),
+    }
+    assert backlog_line == "backlog    1 file, 2 versions (133 B) to pin"
     waiting = (
         f"jwtfs: waiting for 2 versions to be pinned; the IPFS node at {down} "
         "is unreachable since "
