@@ -246,7 +246,7 @@ class PinQueue:
         self.vault.index.set_pin_state(
             version.id, "failed", reason=reason, next_try_ns=NEVER_NS
         )
-        if version.state == "failed" and version.reason == reason:
+        if version.reason == reason:
             log.debug("pin of %s failed again: %s", version.cid, reason)
         elif reason.startswith("node computed"):
             log.error(

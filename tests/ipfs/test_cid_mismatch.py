@@ -34,12 +34,14 @@ def test_a_cid_mismatch_marks_the_version_failed_and_keeps_it(
         h.set_token(h.issue(read=("/**",), write=("/**",)))
         h.mount()
         (h.mnt / "f.txt").write_bytes(content)
-        h.jwtfs("flush", "--wait", "--timeout", "30")
+        flushed = h.jwtfs("flush", "--wait", "--timeout", "30", check=False)
         report = json.loads(h.jwtfs("status", "--json").stdout)
         rows = json.loads(h.jwtfs("index", "--json").stdout)
         h.umount()
     cid = next(r["cid"] for r in rows if r["path"] == "/f.txt")
     assert proxy.tampered >= 1
+    assert flushed.returncode == 1
+    assert "1 version could not be pinned" in flushed.stderr
     assert report["states"].get("failed") == 1
     failed = [f for f in report["failed"] if f["cid"] == cid]
     assert failed and failed[0]["reason"] == f"node computed {WRONG_CID}"
