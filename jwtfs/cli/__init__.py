@@ -7,7 +7,6 @@ arguments, config, key or token file), each reported as one line on stderr.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -49,17 +48,6 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
-
-
-def _seconds(text: str) -> float:
-    """A finite number of seconds >= 0; NaN and infinity fail the comparison."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0: {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,8 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_flush.add_argument(
         "--timeout",
-        type=_seconds,
-        default=0,
+        default="0",
         metavar="SECONDS",
         help="give up after this many seconds (default 0: no limit)",
     )

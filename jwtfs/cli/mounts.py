@@ -70,10 +70,7 @@ def umount(args: argparse.Namespace) -> int:
 
 
 def flush(args: argparse.Namespace) -> int:
-    if not math.isfinite(args.timeout) or args.timeout < 0:
-        raise ConfigError(
-            f"--timeout {args.timeout:g}: give the seconds to wait, or 0 for no limit"
-        )
+    timeout = _timeout_seconds(args.timeout)
     config = with_environment(load_config())
     target = find_target(config, args.mountpoint)
     if target.api is None:
@@ -88,7 +85,7 @@ def flush(args: argparse.Namespace) -> int:
         config,
         mount=target.mount,
         wait=args.wait,
-        timeout=args.timeout,
+        timeout=timeout,
         progress=progress,
     )
     progress.end()
@@ -107,6 +104,23 @@ def flush(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _timeout_seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds, 0 or more.
+
+    Raises:
+        ConfigError: anything else, NaN and infinity too.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise ConfigError(
+            f"--timeout {text}: give the seconds to wait, or 0 for no limit"
+        )
+    return value
 
 
 class _FlushProgress:
