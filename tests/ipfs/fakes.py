@@ -64,7 +64,30 @@ def closed_loopback_port() -> int:
     return port
 
 
-class SilentNode:
+class _Served:
+    """A fake served from a thread of its own: ``with`` starts it, and stops
+    it (``_stop_serving``) and waits for the thread at the end."""
+
+    _thread: threading.Thread
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop_serving()
+        self._thread.join(timeout=5)
+
+    def _stop_serving(self) -> None:
+        raise NotImplementedError
+
+
+class SilentNode(_Served):
     """A loopback server that accepts every connection and never answers."""
 
     def __init__(self) -> None:
@@ -77,16 +100,7 @@ class SilentNode:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop_serving(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         for conn in self._held:
@@ -174,7 +188,7 @@ class _TrickleServer(http.server.ThreadingHTTPServer):
         self.requests = 0
 
 
-class TricklingNode:
+class TricklingNode(_Served):
     """A loopback server that reads each request whole and then answers it one
     piece (``step``: a byte or a line) every ``interval`` seconds: the status
     line and headers too, unless ``head_at_once``. Each read waits less than a
@@ -198,20 +212,10 @@ class TricklingNode:
     def requests(self) -> int:
         return self._server.requests
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop_serving(self) -> None:
         self._server.stop.set()
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class UnacceptingNode:
@@ -324,7 +328,7 @@ def _with_hash(answer: bytes, cid: str) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-class TamperingProxy:
+class TamperingProxy(_Served):
     """Forwards to the node at ``upstream`` and damages every block it returns,
     or, with ``wrong_add_cid``, names a wrong CID in every ``add`` answer.
     Setting ``add_cid`` names that CID in every ``add`` answer from then on
@@ -367,19 +371,9 @@ class TamperingProxy:
     def fail_adds(self, fail: bool) -> None:
         self._server.fail_adds = fail
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop_serving(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class PrivateNode:

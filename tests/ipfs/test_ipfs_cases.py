@@ -149,6 +149,7 @@ def check_unanswered_fetch(
     (mnt / "written-while-down").write_bytes(b"kept locally, queued\n")
     assert (mnt / "written-while-down").read_bytes() == b"kept locally, queued\n"
     assert status_of(harness)["backlog"] == {
+        "files": 1,
         "versions": 1,
         "bytes": stream_length(len(b"kept locally, queued\n")),
     }

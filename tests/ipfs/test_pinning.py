@@ -77,6 +77,18 @@ def poll(what: str, check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - started
 
 
+def export_car(harness: VaultHarness, path: str, car: Path) -> None:
+    """``jwtfs export --car path > car``."""
+    with car.open("wb") as out:
+        subprocess.run(
+            [sys.executable, "-m", "jwtfs", "export", "--car", path],
+            env=harness.env,
+            stdout=out,
+            check=True,
+            timeout=60,
+        )
+
+
 def read_error(path: Path, offset: int = 0, length: int = 4096) -> tuple[int, float]:
     """Read ``path`` expecting failure; return (errno, seconds it took)."""
     fd = os.open(path, os.O_RDONLY)
@@ -142,7 +154,7 @@ async def test_flushed_file_is_pinned_on_the_node_as_ciphertext(
     assert MARKER not in stored
     report = status_of(harness)
     assert report["states"] == {"pinned": 1}
-    assert report["backlog"] == {"versions": 0, "bytes": 0}
+    assert report["backlog"] == {"files": 0, "versions": 0, "bytes": 0}
     assert report["left_machine"] is True
     assert report["node"]["reachable"] is True
     assert_quiet_log(harness)
@@ -193,6 +205,7 @@ async def test_writes_queue_while_the_node_is_down_and_pin_when_it_returns(
     report = wait_unreachable(harness)
     assert report["states"] == {"pinned": 1, "queued": 20}
     assert report["backlog"] == {
+        "files": 20,
         "versions": 20,
         "bytes": sum(stream_length(len(d)) for d in files.values()),
     }
@@ -479,14 +492,7 @@ async def test_exported_car_imports_into_the_node_under_the_same_root(
         assert row["state"] == "local"
         cid = Cid(row["cid"])
         car = tmp_path / "f.car"
-        with car.open("wb") as out:
-            subprocess.run(
-                [sys.executable, "-m", "jwtfs", "export", "--car", "/f"],
-                env=harness.env,
-                stdout=out,
-                check=True,
-                timeout=60,
-            )
+        export_car(harness, "/f", car)
         assert await kubo.pin_ls(cid) == set()
 
         assert await kubo.dag_import(car) == [cid]
@@ -522,14 +528,7 @@ async def test_exporting_evicted_content_fetches_it_from_the_node(
     assert "evicted" in refused.stderr and "ipfs.api" in refused.stderr
 
     car = harness.root / "f.car"
-    with car.open("wb") as out:
-        subprocess.run(
-            [sys.executable, "-m", "jwtfs", "export", "--car", "/f"],
-            env=harness.env,
-            stdout=out,
-            check=True,
-            timeout=60,
-        )
+    export_car(harness, "/f", car)
     with car.open("rb") as src:
         roots, blocks = read_car(src)
     assert roots == [cid]

@@ -264,7 +264,7 @@ async def test_a_file_deleted_while_uploading_leaves_no_pin(
 
     new = (await pins_of(node)) - before_pins
     assert {p for p in new if cid_codec(p) != RAW} == set()
-    assert status_of(vault)["backlog"] == {"versions": 0, "bytes": 0}
+    assert status_of(vault)["backlog"] == {"files": 0, "versions": 0, "bytes": 0}
     assert sorted(os.listdir(vault.mnt)) == ["after.txt"]
     assert_quiet_log(vault)
 
