@@ -85,13 +85,26 @@ class PinQueue:
             self._nursery = nursery
             try:
                 while True:
-                    await self.drain()
-                    self._requeue_orphans()
-                    await self.unpin_released()
-                    await self._snapshot_if_due()
-                    await self._sleep()
+                    await self._round()
             finally:
                 self._nursery = None
+
+    async def _round(self) -> None:
+        """One pass of the queue's work, then a wait. A fault nobody expected
+        is logged with its traceback and the queue goes on after a pause:
+        the mount keeps serving, and what was queued stays queued."""
+        try:
+            await self.drain()
+            self._requeue_orphans()
+            await self.unpin_released()
+            await self._snapshot_if_due()
+        except Exception:
+            log.exception(
+                "the pin queue failed; it tries again in %.0f s", MAINTENANCE_SECONDS
+            )
+            await trio.sleep(MAINTENANCE_SECONDS)
+            return
+        await self._sleep()
 
     def _requeue_orphans(self) -> None:
         """A version ``pinning`` that no push is working on goes back in the
@@ -214,12 +227,21 @@ class PinQueue:
             cid, _ = await self.client.add_stream(path, pin=True)
         except (NodeUnreachableError, NodeTimeoutError) as err:
             self._node_state(False, str(err))
+            if self._released(version):
+                return False
             retry = time.time_ns() + int(UNREACHABLE_RETRY_SECONDS * 1e9)
             index.set_pin_state(version.id, "queued", next_try_ns=retry)
             return False
         except RemoteError as err:
             self._node_state(True)
-            self._give_up_or_retry(version, str(err))
+            if not self._released(version):
+                self._give_up_or_retry(version, str(err))
+            return True
+        except OSError as err:
+            # The file was deleted, and its stream with it, before the push
+            # could open it: nothing to pin. Any other reason is a fault here.
+            if not self._released(version):
+                self._fail(version, f"stream unreadable: {err.strerror}")
             return True
         self._node_state(True)
         if cid != version.cid:
@@ -229,6 +251,16 @@ class PinQueue:
             return True
         self._settle(version.id, cid)
         return True
+
+    def _released(self, version: VersionRow) -> bool:
+        """Whether ``version`` was released (its file deleted or superseded
+        past retention) while it was pushed; ``unpin_released`` then takes
+        care of it, and the wake makes that soon."""
+        current = self.vault.index.get_version(version.id)
+        if current is None or current.state == "unpin":
+            self.wake()
+            return True
+        return False
 
     def _settle(self, version_id: int, cid: Cid) -> None:
         """Record the pin of a version whose CID the node confirmed."""

@@ -8,6 +8,7 @@ differently, faults the real node cannot be made to show on demand.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -104,3 +105,29 @@ def test_a_node_that_trickles_its_answer_cannot_hold_the_queue(
         assert node.requests >= 1
         assert _state(h, "/f.txt") in ("queued", "pinning")
         h.umount()
+
+
+def test_files_released_while_they_are_pushed_leave_the_mount_serving(
+    vault_on_node: VaultHarness,
+) -> None:
+    h = vault_on_node
+    h.set_config("retention", "keep_versions", 0)
+    h.set_config("retention", "keep_for", 0)
+    h.mount()
+    # A lock file made and removed at once, as git and editors do: each of
+    # its versions is released while the pin queue may be pushing it.
+    script = (
+        'for i in $(seq 1500); do echo "$i" > "$1/lock" || exit 1; rm "$1/lock"; done'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", str(h.mnt)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (h.mnt / "after").write_bytes(b"still serving\n")
+    h.wait_pinned()
+    assert (h.mnt / "after").read_bytes() == b"still serving\n"
+    assert "Traceback" not in h.log_text()
