@@ -573,8 +573,10 @@ class Index:
         return [VersionRow(*r) for r in rows]
 
     def local_bytes(self) -> int:
+        """Bytes of the distinct streams kept locally for versions in use."""
         row = self._one(
-            "SELECT coalesce(sum(stored_size), 0) FROM versions WHERE local=1"
+            "SELECT coalesce(sum(size), 0) FROM (SELECT max(stored_size) AS size "
+            "FROM versions WHERE local=1 AND state != 'unpin' GROUP BY cid)"
         )
         return int(row[0])
 

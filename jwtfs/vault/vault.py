@@ -317,6 +317,7 @@ class Vault:
     def _forget_stream(self, cid: str) -> None:
         if not self.index.cid_in_use(cid):
             self.store.remove_stream(Cid(cid))
+            self.index.set_local(cid, False)
 
     def _touch(self, inode: int) -> None:
         now = time.time_ns()
@@ -643,12 +644,13 @@ class Vault:
             return 0
         used = self.index.local_bytes()
         evicted = 0
-        open_cids = {f.base_cid for f in self.open_files.values()}
+        skip = {f.base_cid for f in self.open_files.values()}
         for version in self.index.eviction_candidates():
             if used <= limit:
                 break
-            if version.cid in open_cids:
+            if version.cid in skip:
                 continue
+            skip.add(version.cid)
             self.store.remove_stream(Cid(version.cid))
             self.index.set_local(version.cid, False)
             used -= version.stored_size

@@ -28,6 +28,7 @@ import pytest
 from jwtfs.blocks.car import read_car
 from jwtfs.blocks.cid import Cid
 from jwtfs.remote.kubo import KuboClient
+from jwtfs.vault.pins import MAINTENANCE_SECONDS
 from tests.conftest import needs_fuse
 from tests.harness import VaultHarness, new_vault
 from tests.ipfs.fakes import PrivateNode, SilentNode, TamperingProxy
@@ -536,3 +537,32 @@ async def test_exporting_evicted_content_fetches_it_from_the_node(
     stream = harness.stream_file(str(cid)).read_bytes()
     assert stream == await kubo.cat(cid, 0, len(stream))
     assert index_of(harness)["/f"]["state"] == "pinned"
+
+
+def test_eviction_counts_only_the_streams_kept_for_versions_in_use(
+    vault_on_private_node: tuple[VaultHarness, PrivateNode],
+) -> None:
+    harness, node = vault_on_private_node
+    harness.set_config("cache", "max_size", "10M")
+    harness.set_config("retention", "keep_versions", 0)
+    harness.set_config("retention", "keep_for", 0)
+    harness.mount()
+    for name in ("a", "b", "c", "d"):
+        size = 3 * MIB if name == "d" else 2 * MIB
+        (harness.mnt / name).write_bytes(random_bytes(size, ord(name)))
+    harness.wait_pinned()
+    # With the node down, d's pinned version cannot be unpinned once a new
+    # one replaces it; its local stream goes at once all the same.
+    node.stop()
+    try:
+        for seed in range(2):
+            (harness.mnt / "d").write_bytes(random_bytes(3 * MIB, 10 + seed))
+        cids = {path: row["cid"] for path, row in index_of(harness).items()}
+        # 9 MiB in use, under the limit.
+        time.sleep(MAINTENANCE_SECONDS + 5)
+        kept = {p: harness.stream_file(c).exists() for p, c in cids.items()}
+        evicted = [ln for ln in harness.log_lines("INFO") if "evicted" in ln]
+    finally:
+        node.start()
+    assert kept == {"/a": True, "/b": True, "/c": True, "/d": True}
+    assert evicted == []
