@@ -231,15 +231,21 @@ class Index:
         header: bytes | None = None,
         nlink: int = 1,
     ) -> InodeRow:
+        """Insert an inode under a number never used before in this vault: the
+        kernel may still hold a deleted inode (a removed directory that is a
+        process's working directory), and would take a new one with its
+        number for the old."""
         now = time.time_ns()
         size = len(target) if target is not None else 0
-        cursor = self._write(
+        used = self._one("SELECT coalesce(max(id), 0) FROM inodes")[0]
+        inode = max(int(self.meta("last_inode") or 0), int(used)) + 1
+        self._write(
             f"INSERT INTO inodes ({INODE_COLUMNS}) "
-            "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-            (mode, uid, gid, size, now, now, now, rdev, nlink, target, header),
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (inode, mode, uid, gid, size, now, now, now, rdev, nlink, target, header),
         )
-        assert cursor.lastrowid is not None
-        row = self.get_inode(cursor.lastrowid)
+        self.set_meta("last_inode", str(inode))
+        row = self.get_inode(inode)
         assert row is not None
         return row
 

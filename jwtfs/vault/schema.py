@@ -7,7 +7,8 @@ Schema, table by table:
     ``key_fingerprint``: which master key the vault's files are encrypted with,
     ``snapshot_cid``/``snapshot_ns``: the last index snapshot pinned, and when,
     ``node_state``/``node_since``: whether the pin target last answered, since
-    when).
+    when, ``last_inode``: the highest inode number ever given out, so none
+    is given out twice).
 
 ``inodes`` (one row per file, directory, symlink or special file)
     id        the inode number the kernel sees; 1 is the mount root.

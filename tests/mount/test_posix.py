@@ -267,6 +267,29 @@ def test_readdir_of_1000_entries(vault: VaultHarness) -> None:
 # Rename
 
 
+def test_a_removed_directory_still_in_use_does_not_lend_its_number(
+    vault: VaultHarness,
+) -> None:
+    parent = vault.mnt / "shrep"
+    (parent / "work").mkdir(parents=True)
+    old = os.stat(parent / "work").st_ino
+    holder = subprocess.Popen(["sleep", "30"], cwd=parent / "work")
+    try:
+        time.sleep(0.3)
+        (parent / "work").rmdir()
+        (parent / "work2").mkdir()
+        assert os.stat(parent / "work2").st_ino != old
+        (parent / "work2" / "file").write_bytes(b"x")
+        (parent / "work2" / "sub").mkdir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(os.listdir(parent / "work2")) == ["file", "sub"]
+    vault.remount()
+    (parent / "work3").mkdir()
+    assert os.stat(parent / "work3").st_ino > os.stat(parent / "work2").st_ino
+
+
 def test_rename_over_existing_file(vault: VaultHarness) -> None:
     a, b = vault.mnt / "a", vault.mnt / "b"
     a.write_text("A")
