@@ -13,7 +13,7 @@ import trio
 
 from jwtfs.blocks.cid import Cid, normalize_cid
 from jwtfs.cli.codes import EXIT_FAILURE, EXIT_OK
-from jwtfs.cli.reports import human_size, iso, plural
+from jwtfs.cli.reports import human_size, iso, plural, probe_node
 from jwtfs.cli.targets import find_target
 from jwtfs.config import load_config, with_environment
 from jwtfs.crypto.wrapping import open_master_key
@@ -80,6 +80,13 @@ def flush(args: argparse.Namespace) -> int:
     # Without a daemon this process pushes, and its pin queue would log the
     # node's state as well; the progress lines tell it already.
     logging.getLogger("jwtfs.vault.pins").setLevel(logging.ERROR)
+    if args.wait:
+        # The daemon learns of a node that hangs only when its push times
+        # out; a waiting user is told at once. (One that cannot be reached
+        # is found at once, and the progress lines say so.)
+        answer, detail = probe_node(target.api, config.ipfs.authorization)
+        if answer not in ("reachable", "unreachable"):
+            print(f"jwtfs: the IPFS node is {answer}: {detail}", file=sys.stderr)
     progress = _FlushProgress(target.api, wait=args.wait)
     left = flush_backlog(
         config,

@@ -104,6 +104,13 @@ def db_missing(config: Config, path: bytes) -> bool:
         db.close()
 
 
+def probe_node(api: str, authorization: str | None) -> tuple[str, str]:
+    """How the node at ``api`` answers, in ``PROBE_SECONDS`` all told:
+    (``reachable``, ``unreachable``, ``not answering`` or ``answering with an
+    error``; a detail)."""
+    return trio.run(_probe, api, authorization)
+
+
 async def _probe(api: str, authorization: str | None) -> tuple[str, str]:
     """How the node answers, in ``PROBE_SECONDS`` all told: (state, detail)."""
     with trio.move_on_after(PROBE_SECONDS):
@@ -178,7 +185,7 @@ def _node_report(
         node["why_none"] = target.why_no_node()
         return node
     authorization = target.config.ipfs.authorization
-    answer, detail = trio.run(_probe, target.api, authorization)
+    answer, detail = probe_node(target.api, authorization)
     node.update(reachable=answer == "reachable", answer=answer, detail=detail)
     # The running daemon's own finding only: an older one may be of another node.
     mount = target.mount

@@ -16,7 +16,7 @@ import pytest
 from jwtfs.blocks.cid import Cid
 from jwtfs.remote.kubo import KuboClient
 from tests.harness import VaultHarness
-from tests.ipfs.fakes import WRONG_CID, TamperingProxy, TricklingNode
+from tests.ipfs.fakes import WRONG_CID, SilentNode, TamperingProxy, TricklingNode
 from tests.ipfs.test_pinning import index_of, poll, status_of
 
 pytestmark = pytest.mark.log_ok
@@ -131,3 +131,22 @@ def test_files_released_while_they_are_pushed_leave_the_mount_serving(
     h.wait_pinned()
     assert (h.mnt / "after").read_bytes() == b"still serving\n"
     assert "Traceback" not in h.log_text()
+
+
+def test_flush_names_a_node_that_never_answers_at_once(
+    fresh_vault: VaultHarness,
+) -> None:
+    h = fresh_vault
+    with SilentNode() as node:
+        h.set_config("ipfs", "api", node.url)
+        h.set_token(h.issue(read=("/**",), write=("/**",)))
+        h.mount()
+        (h.mnt / "f.txt").write_bytes(b"waits\n")
+        started = time.monotonic()
+        flushed = h.jwtfs("flush", "--wait", "--timeout", "5", check=False)
+        elapsed = time.monotonic() - started
+        h.umount()
+    assert flushed.returncode == 1
+    first = flushed.stderr.splitlines()[0]
+    assert first.startswith("jwtfs: the IPFS node is not answering"), flushed.stderr
+    assert elapsed < 15
