@@ -128,6 +128,18 @@ async def _probe(api: str, authorization: str | None) -> tuple[str, str]:
     return "not answering", f"no answer within {PROBE_SECONDS:g} s"
 
 
+def _failed(db: Index) -> list[dict[str, Any]]:
+    """Each failed version, with the path of its file while it has one."""
+    versions = db.failed_versions()
+    if not versions:
+        return []
+    wanted = {v.inode for v in versions}
+    paths = {inode: show_path(path) for path, inode in db.walk() if inode in wanted}
+    return [
+        {"path": paths.get(v.inode), "cid": v.cid, "reason": v.reason} for v in versions
+    ]
+
+
 def _collect(target: Target) -> dict[str, Any]:
     config = target.config
     db = _open_index(config)
@@ -145,9 +157,7 @@ def _collect(target: Target) -> dict[str, Any]:
                 "versions": versions,
                 "bytes": size,
             },
-            "failed": [
-                {"cid": v.cid, "reason": v.reason} for v in db.failed_versions()
-            ],
+            "failed": _failed(db),
         }
         meta = {
             key: db.meta(key)
@@ -228,7 +238,8 @@ def status(args: argparse.Namespace) -> int:
     )
     _print_node(report)
     for failed in report["failed"]:
-        print(f"failed     {failed['cid']}: {failed['reason']}")
+        where = failed["path"] or "(no longer in the tree)"
+        print(f"failed     {where} {failed['cid']}: {failed['reason']}")
     if not report["left_machine"]:
         print(
             "network    nothing has left this machine: no version and no index "

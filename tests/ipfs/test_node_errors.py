@@ -43,6 +43,11 @@ async def test_error_answers_show_failed_then_pin_once_the_node_recovers(
         poll("the version shows failed", lambda: _state(h, "/f.txt") == "failed", 30)
         (failed,) = status_of(h)["failed"]
         assert "no space left on device" in failed["reason"]
+        assert failed["path"] == "/f.txt"
+        line = next(
+            ln for ln in h.jwtfs("status").stdout.splitlines() if "failed " in ln
+        )
+        assert line.startswith(f"failed     /f.txt {failed['cid']}: ")
 
         # No flush, no remount: the retry comes by itself.
         proxy.fail_adds = False
