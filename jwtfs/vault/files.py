@@ -150,9 +150,7 @@ class OpenFile:
             ]
             if missing:
                 extra = self._segments_ahead(last) if sequential else []
-                loaded = await self._load_many(missing + extra)
-                self._ahead.update((i, loaded[i]) for i in extra)
-                self._ahead.update((i, loaded[i]) for i in missing)
+                self._ahead.update(await self._load_many(missing + extra))
             parts = []
             for i in range(first, last + 1):
                 plain = self._cache.get(i)

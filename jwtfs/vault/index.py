@@ -237,8 +237,10 @@ class Index:
         number for the old."""
         now = time.time_ns()
         size = len(target) if target is not None else 0
-        used = self._one("SELECT coalesce(max(id), 0) FROM inodes")[0]
-        inode = max(int(self.meta("last_inode") or 0), int(used)) + 1
+        last = self.meta("last_inode")
+        if last is None:  # a vault made before the number was kept
+            last = self._one("SELECT coalesce(max(id), 0) FROM inodes")[0]
+        inode = int(last) + 1
         self._write(
             f"INSERT INTO inodes ({INODE_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
@@ -485,10 +487,8 @@ class Index:
         )
 
     def reset_retry_times(self) -> None:
-        """Make every queued and failed version due now."""
-        self._write(
-            "UPDATE versions SET next_try_ns=0 WHERE state IN ('queued', 'failed')"
-        )
+        """Make every queued version due now."""
+        self._write("UPDATE versions SET next_try_ns=0 WHERE state='queued'")
 
     def versions_to_unpin(self) -> list[VersionRow]:
         rows = self._all(
